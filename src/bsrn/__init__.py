@@ -1,0 +1,9 @@
+"""bsrn: Blueprint Separable Residual Network for efficient single-image super-resolution."""
+from .checkpoint import load_model, save_model
+from .errors import BsrnError, CheckpointError, ConfigError, ImageError
+from .models import create_model, list_models
+
+__version__ = "0.1.0"
+
+__all__ = ["create_model", "list_models", "load_model", "save_model", "BsrnError",
+           "CheckpointError", "ConfigError", "ImageError", "__version__"]

@@ -1,0 +1,82 @@
+"""Attention used by BSRN: ESA (enhanced spatial attention) and CCA (contrast-aware channel
+attention). BSRN-S's per-channel weights ``cw`` live in ESDB as a bare parameter."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import conv1x1, make_activation, make_conv
+
+#: Smallest LR side ESA accepts: stride-2 3x3 conv then a 7x7 max-pool need H >= 15.
+ESA_MIN_SIZE = 15
+
+
+class ESA(nn.Module):
+    """Enhanced Spatial Attention (RFANet/RFDN; BSRN variant with GELU and BSConv).
+
+    conv1 (1x1, C->f) -> conv2 (3x3, stride 2, no padding) -> max-pool 7/3 -> act(conv_max)
+    -> act(conv3) -> conv3_ -> bilinear up to (H, W) -> + conv_f(conv1 output) -> conv4 (1x1,
+    f->C) -> sigmoid -> x * mask. ``conv2_kind`` overrides the conv kind of conv2 alone (BSRN-S
+    uses a plain 3x3 there).
+    """
+
+    def __init__(self, num_feat: int, conv: str = "bsconv_u", act: str = "gelu", p: float = 0.25,
+                 pw_bias: bool = False, conv2_kind: str | None = None):
+        super().__init__()
+        f = num_feat // 4
+        self.conv1 = conv1x1(num_feat, f)
+        self.conv_f = conv1x1(f, f)
+        self.conv_max = make_conv(conv, f, f, 3, padding=1, p=p, pw_bias=pw_bias)
+        self.conv2 = make_conv(conv2_kind or conv, f, f, 3, stride=2, padding=0, p=p,
+                               pw_bias=pw_bias)
+        self.conv3 = make_conv(conv, f, f, 3, padding=1, p=p, pw_bias=pw_bias)
+        self.conv3_ = make_conv(conv, f, f, 3, padding=1, p=p, pw_bias=pw_bias)
+        self.conv4 = conv1x1(f, num_feat)
+        self.act = make_activation(act)
+        self.maxPooling = nn.MaxPool2d(kernel_size=7, stride=3)
+
+    def context(self, c1_: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The wide-context branch: from conv1's output to the bilinear-upsampled map."""
+        c1 = self.conv2(c1_)
+        v = self.maxPooling(c1)
+        v = self.act(self.conv_max(v))
+        c3 = self.act(self.conv3(v))
+        c3 = self.conv3_(c3)
+        return F.interpolate(c3, size, mode="bilinear", align_corners=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c1_ = self.conv1(x)
+        c3 = self.context(c1_, (x.shape[2], x.shape[3]))
+        m = torch.sigmoid(self.conv4(c3 + self.conv_f(c1_)))
+        return x * m
+
+
+def channel_stats(x: torch.Tensor) -> torch.Tensor:
+    """CCA's per-channel statistic: population std (no epsilon) + mean over H x W.
+
+    Computed in float32 whatever the input dtype, so half precision cannot overflow the spatial
+    sums (the fp16 risk in the official code).
+    """
+    xf = x.float()
+    mu = xf.mean(dim=(2, 3), keepdim=True)
+    var = (xf - mu).pow(2).mean(dim=(2, 3), keepdim=True)
+    return var.sqrt() + mu
+
+
+class CCA(nn.Module):
+    """Contrast-aware Channel Attention (IMDN): y = sigmoid(MLP(std + mean)); return x * y."""
+
+    def __init__(self, num_feat: int, reduction: int = 16):
+        super().__init__()
+        hidden = max(1, num_feat // reduction)
+        self.conv_du = nn.Sequential(
+            nn.Conv2d(num_feat, hidden, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, num_feat, 1), nn.Sigmoid())
+
+    def gate(self, stats: torch.Tensor) -> torch.Tensor:
+        """The channel gate from precomputed statistics (N, C, 1, 1) in float32."""
+        return self.conv_du(stats.to(self.conv_du[0].weight.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(channel_stats(x)).to(x.dtype)

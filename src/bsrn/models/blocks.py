@@ -1,0 +1,144 @@
+"""Convolution building blocks: BSConvU, BSConvS, DSConv, plain conv, and activations by name.
+
+BSConv: Haase & Amthor, "Rethinking Depthwise Separable Convolutions" (CVPR 2020).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Canonical conv kind names, with the official-code spellings accepted as aliases.
+CONV_KINDS = ("bsconv_u", "bsconv_s", "dsconv", "conv")
+_CONV_ALIASES = {
+    "bsconvu": "bsconv_u", "bsconv_u": "bsconv_u",
+    "bsconvs": "bsconv_s", "bsconv_s": "bsconv_s",
+    "depthwiseconv": "dsconv", "dsconv": "dsconv",
+    "conv": "conv", "conv2d": "conv",
+}
+
+ACTIVATIONS = ("gelu", "relu", "lrelu", "hswish", "silu")
+
+
+def canonical_conv(kind: str) -> str:
+    """Map a conv name (ours or the official code's) to one of CONV_KINDS."""
+    key = kind.replace("-", "_").lower()
+    if key not in _CONV_ALIASES:
+        raise ValueError(f"unknown conv kind {kind!r}; choose one of {', '.join(CONV_KINDS)}")
+    return _CONV_ALIASES[key]
+
+
+def make_activation(name: str, negative_slope: float = 0.05) -> nn.Module:
+    """Activation by name: gelu (exact erf form, as in BSRN), relu, lrelu, hswish, silu."""
+    name = name.lower()
+    if name == "gelu":
+        return nn.GELU()
+    if name == "relu":
+        return nn.ReLU()
+    if name == "lrelu":
+        return nn.LeakyReLU(negative_slope)
+    if name == "hswish":
+        return nn.Hardswish()
+    if name == "silu":
+        return nn.SiLU()
+    raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+
+
+def conv1x1(cin: int, cout: int, bias: bool = True) -> nn.Conv2d:
+    """A pointwise (1x1) convolution."""
+    return nn.Conv2d(cin, cout, 1, bias=bias)
+
+
+class BSConvU(nn.Module):
+    """Unconstrained blueprint separable conv: pointwise (no bias) then depthwise (with bias).
+
+    Each kernel is a blueprint: F[o, i] = pw[o, i] * dw[o]. ``pw_bias`` adds a pointwise bias,
+    as in BSRN-S, whose pointwise layers are nn.Linear.
+    """
+
+    def __init__(self, cin, cout, kernel_size=3, stride=1, padding=1, dilation=1, bias=True,
+                 pw_bias=False):
+        super().__init__()
+        self.pw = nn.Conv2d(cin, cout, 1, bias=pw_bias)
+        self.dw = nn.Conv2d(cout, cout, kernel_size, stride, padding, dilation, groups=cout,
+                            bias=bias)
+
+    def forward(self, x):
+        return self.dw(self.pw(x))
+
+
+class BSConvS(nn.Module):
+    """Subspace blueprint separable conv: pointwise Cin->M' -> pointwise M'->Cout -> depthwise.
+
+    M' = min(Cin, max(min_mid_channels, ceil(p * Cin))). ``reg_loss`` is the BSConv-S
+    orthonormality penalty ||W1 W1^T - I||_F on the reducing pointwise matrix W1 (``pw1``).
+    """
+
+    def __init__(self, cin, cout, kernel_size=3, stride=1, padding=1, dilation=1, bias=True,
+                 p=0.25, min_mid_channels=4, pw_bias=False):
+        super().__init__()
+        mid = min(cin, max(min_mid_channels, math.ceil(p * cin)))
+        self.pw1 = nn.Conv2d(cin, mid, 1, bias=pw_bias)
+        self.pw2 = nn.Conv2d(mid, cout, 1, bias=pw_bias)
+        self.dw = nn.Conv2d(cout, cout, kernel_size, stride, padding, dilation, groups=cout,
+                            bias=bias)
+
+    def forward(self, x):
+        return self.dw(self.pw2(self.pw1(x)))
+
+    def reg_loss(self) -> torch.Tensor:
+        """Frobenius distance of W1 W1^T from the identity (unsquared, as in the BSConv code)."""
+        w = self.pw1.weight.flatten(1)
+        gram = w @ w.t()
+        eye = torch.eye(gram.shape[0], device=w.device, dtype=w.dtype)
+        return torch.linalg.matrix_norm(gram - eye, "fro")
+
+
+class DSConv(nn.Module):
+    """Depthwise separable conv (MobileNet order): depthwise (with bias) then pointwise (no bias)."""
+
+    def __init__(self, cin, cout, kernel_size=3, stride=1, padding=1, dilation=1, bias=True,
+                 pw_bias=False):
+        super().__init__()
+        self.dw = nn.Conv2d(cin, cin, kernel_size, stride, padding, dilation, groups=cin,
+                            bias=bias)
+        self.pw = nn.Conv2d(cin, cout, 1, bias=pw_bias)
+
+    def forward(self, x):
+        return self.pw(self.dw(x))
+
+
+def make_conv(kind: str, cin: int, cout: int, kernel_size: int = 3, stride: int = 1,
+              padding: int = 1, p: float = 0.25, pw_bias: bool = False) -> nn.Module:
+    """A k x k conv of the given kind: bsconv_u, bsconv_s, dsconv or a plain nn.Conv2d."""
+    kind = canonical_conv(kind)
+    if kind == "bsconv_u":
+        return BSConvU(cin, cout, kernel_size, stride, padding, pw_bias=pw_bias)
+    if kind == "bsconv_s":
+        return BSConvS(cin, cout, kernel_size, stride, padding, p=p, pw_bias=pw_bias)
+    if kind == "dsconv":
+        return DSConv(cin, cout, kernel_size, stride, padding, pw_bias=pw_bias)
+    return nn.Conv2d(cin, cout, kernel_size, stride, padding)
+
+
+def orthogonality_loss(model: nn.Module, alpha: float = 0.1) -> torch.Tensor:
+    """alpha * sum of BSConv-S orthonormality penalties over every BSConvS in ``model``.
+
+    Returns a zero tensor when the model has no BSConvS layer.
+    """
+    terms = [m.reg_loss() for m in model.modules() if isinstance(m, BSConvS)]
+    if not terms:
+        p = next(model.parameters())
+        return p.new_zeros(())
+    return alpha * torch.stack(terms).sum()
+
+
+def pad_to_min(x: torch.Tensor, min_size: int) -> tuple[torch.Tensor, int, int]:
+    """Replicate-pad H and W at the bottom/right up to ``min_size``; returns (x, pad_h, pad_w)."""
+    ph = max(0, min_size - x.shape[-2])
+    pw = max(0, min_size - x.shape[-1])
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+    return x, ph, pw

@@ -1,0 +1,169 @@
+"""BSRN: Blueprint Separable Residual Network (Li et al., CVPRW 2022), and BSRN-S.
+
+Submodule names follow the official state dict (``fea_conv``, ``B1``..``Bn``, ``c1``, ``c2``,
+``upsampler``), so official checkpoints load strictly.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from .attention import CCA, ESA, ESA_MIN_SIZE
+from .blocks import ACTIVATIONS, canonical_conv, conv1x1, make_activation, make_conv, pad_to_min
+from .upsamplers import UPSAMPLERS, make_upsampler
+
+
+@dataclass
+class BSRNConfig:
+    """Hyperparameters of one BSRN-family network.
+
+    ``attention`` is the block-tail channel attention: "cca" (BSRN), "cw" (BSRN-S learnable
+    per-channel weights followed by ``conv_out``) or "none". ``pw_bias`` gives every pointwise
+    conv a bias (BSRN-S, whose 1x1s are nn.Linear). ``esa_conv2`` overrides the conv kind of ESA's
+    stride-2 conv (BSRN-S: "conv").
+    """
+
+    num_in_ch: int = 3
+    num_out_ch: int = 3
+    num_feat: int = 64
+    num_block: int = 8
+    scale: int = 4
+    conv: str = "bsconv_u"
+    activation: str = "gelu"
+    esa: bool = True
+    attention: str = "cca"
+    replicate: int = 4
+    upsampler: str = "pixelshuffledirect"
+    p: float = 0.25
+    pw_bias: bool = False
+    esa_conv2: str | None = None
+
+    def __post_init__(self):
+        self.conv = canonical_conv(self.conv)
+        if self.esa_conv2 is not None:
+            self.esa_conv2 = canonical_conv(self.esa_conv2)
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.attention not in ("cca", "cw", "none"):
+            raise ValueError(f"attention must be cca, cw or none, got {self.attention!r}")
+        if self.upsampler not in UPSAMPLERS:
+            raise ValueError(f"upsampler must be one of {UPSAMPLERS}, got {self.upsampler!r}")
+        if self.num_block < 1 or self.num_feat < 4 or self.replicate < 1:
+            raise ValueError("need num_block >= 1, num_feat >= 4 and replicate >= 1")
+        if self.scale not in (1, 2, 3, 4, 8):
+            raise ValueError(f"scale must be 1, 2, 3, 4 or 8, got {self.scale}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BSRNConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown BSRNConfig keys: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+class ESDB(nn.Module):
+    """Efficient Separable Distillation Block.
+
+    Three distillation steps, each a 1x1 "distilled" branch ``c{i}_d`` and a BSRB (blueprint
+    shallow residual block, act(BSConvU(x) + x)) ``c{i}_r``; then ``c4``, a 1x1 fusion ``c5``
+    over the concatenation, ESA, channel attention, and the block residual.
+    """
+
+    def __init__(self, cfg: BSRNConfig):
+        super().__init__()
+        c, dc, conv = cfg.num_feat, cfg.num_feat // 2, cfg.conv
+        kw = dict(p=cfg.p, pw_bias=cfg.pw_bias)
+        if cfg.attention == "cw":
+            self.cw = nn.Parameter(torch.normal(1.0, 0.2, size=(1, c, 1, 1)))
+        self.c1_d = conv1x1(c, dc)
+        self.c1_r = make_conv(conv, c, c, 3, **kw)
+        self.c2_d = conv1x1(c, dc)
+        self.c2_r = make_conv(conv, c, c, 3, **kw)
+        self.c3_d = conv1x1(c, dc)
+        self.c3_r = make_conv(conv, c, c, 3, **kw)
+        self.c4 = make_conv(conv, c, dc, 3, **kw)
+        self.c5 = conv1x1(dc * 4, c)
+        self.esa = ESA(c, conv, cfg.activation, cfg.p, cfg.pw_bias, cfg.esa_conv2) if cfg.esa \
+            else nn.Identity()
+        if cfg.attention == "cca":
+            self.cca = CCA(c)
+        elif cfg.attention == "cw":
+            self.conv_out = conv1x1(c, c)
+        self.act = make_activation(cfg.activation)
+        self.attention = cfg.attention
+
+    def fused(self, x: torch.Tensor) -> torch.Tensor:
+        """Distillation and fusion: everything before the attention (c5's output)."""
+        d1 = self.act(self.c1_d(x))
+        r1 = self.act(self.c1_r(x) + x)
+        d2 = self.act(self.c2_d(r1))
+        r2 = self.act(self.c2_r(r1) + r1)
+        d3 = self.act(self.c3_d(r2))
+        r3 = self.act(self.c3_r(r2) + r2)
+        r4 = self.act(self.c4(r3))
+        return self.c5(torch.cat([d1, d2, d3, r4], dim=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.esa(self.fused(x))
+        if self.attention == "cca":
+            out = self.cca(out)
+        elif self.attention == "cw":
+            out = self.conv_out(out * self.cw)
+        return out + x
+
+
+class BSRN(nn.Module):
+    """Blueprint Separable Residual Network.
+
+    x (RGB in [0, 1]) -> replicate channels ``replicate`` times -> ``fea_conv`` -> ESDB x n ->
+    multi-level fusion ``c1`` (1x1 over all block outputs) + act -> ``c2`` + long skip ->
+    upsampler. Inputs smaller than ESA's minimum (15 px) are replicate-padded and the output
+    cropped.
+    """
+
+    def __init__(self, cfg: BSRNConfig | None = None, **kwargs):
+        super().__init__()
+        cfg = cfg or BSRNConfig(**kwargs)
+        self.cfg = cfg
+        c = cfg.num_feat
+        kw = dict(p=cfg.p, pw_bias=cfg.pw_bias)
+        self.fea_conv = make_conv(cfg.conv, cfg.num_in_ch * cfg.replicate, c, 3, **kw)
+        for i in range(cfg.num_block):
+            self.add_module(f"B{i + 1}", ESDB(cfg))
+        self.c1 = conv1x1(c * cfg.num_block, c)
+        self.act = make_activation(cfg.activation)
+        self.c2 = make_conv(cfg.conv, c, c, 3, **kw)
+        self.upsampler = make_upsampler(cfg.upsampler, cfg.scale, c, cfg.num_out_ch)
+
+    @property
+    def scale(self) -> int:
+        return self.cfg.scale
+
+    @property
+    def min_size(self) -> int:
+        return ESA_MIN_SIZE if self.cfg.esa else 1
+
+    def blocks(self) -> list[ESDB]:
+        return [getattr(self, f"B{i + 1}") for i in range(self.cfg.num_block)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        x, ph, pw = pad_to_min(x, self.min_size)
+        if self.cfg.replicate > 1:
+            x = torch.cat([x] * self.cfg.replicate, dim=1)
+        out_fea = self.fea_conv(x)
+        feats, out = [], out_fea
+        for block in self.blocks():
+            out = block(out)
+            feats.append(out)
+        out_b = self.act(self.c1(torch.cat(feats, dim=1)))
+        out = self.upsampler(self.c2(out_b) + out_fea)
+        if ph or pw:
+            out = out[..., : h * self.scale, : w * self.scale]
+        return out

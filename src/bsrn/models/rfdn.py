@@ -1,0 +1,108 @@
+"""RFDN: Residual Feature Distillation Network (Liu et al., AIM 2020 winner), the NTIRE 2022
+reference. The ``conv`` option swaps its 3x3 convs for BSConvU/BSConvS/DSConv, which is the
+baseline of BSRN's conv-decomposition ablation."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .attention import ESA, ESA_MIN_SIZE
+from .blocks import canonical_conv, conv1x1, make_activation, make_conv, pad_to_min
+
+
+@dataclass
+class RFDNConfig:
+    """Hyperparameters of RFDN. ``img_range`` 255 reproduces the official 0-255 I/O."""
+
+    num_in_ch: int = 3
+    num_out_ch: int = 3
+    num_feat: int = 50
+    num_block: int = 4
+    scale: int = 4
+    conv: str = "conv"
+    activation: str = "lrelu"
+    esa: bool = True
+    img_range: float = 1.0
+
+    def __post_init__(self):
+        self.conv = canonical_conv(self.conv)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RFDNConfig":
+        return cls(**d)
+
+
+class RFDB(nn.Module):
+    """Residual Feature Distillation Block: three (1x1 distilled, 3x3 shallow residual) steps,
+    c4, 1x1 fusion c5, ESA. It has no block residual."""
+
+    def __init__(self, cfg: RFDNConfig):
+        super().__init__()
+        c, dc = cfg.num_feat, cfg.num_feat // 2
+        self.c1_d = conv1x1(c, dc)
+        self.c1_r = make_conv(cfg.conv, c, c, 3)
+        self.c2_d = conv1x1(c, dc)
+        self.c2_r = make_conv(cfg.conv, c, c, 3)
+        self.c3_d = conv1x1(c, dc)
+        self.c3_r = make_conv(cfg.conv, c, c, 3)
+        self.c4 = make_conv(cfg.conv, c, dc, 3)
+        self.c5 = conv1x1(dc * 4, c)
+        self.act = make_activation(cfg.activation, 0.05)
+        self.esa = ESA(c, cfg.conv, "relu") if cfg.esa else nn.Identity()
+
+    def forward(self, x):
+        d1 = self.act(self.c1_d(x))
+        r1 = self.act(self.c1_r(x) + x)
+        d2 = self.act(self.c2_d(r1))
+        r2 = self.act(self.c2_r(r1) + r1)
+        d3 = self.act(self.c3_d(r2))
+        r3 = self.act(self.c3_r(r2) + r2)
+        r4 = self.act(self.c4(r3))
+        return self.esa(self.c5(torch.cat([d1, d2, d3, r4], dim=1)))
+
+
+class RFDN(nn.Module):
+    """RFDN: fea_conv -> RFDB x n -> c (1x1 + LReLU) -> LR_conv + long skip -> conv + PixelShuffle.
+    Takes and returns RGB in [0, 1] whatever ``img_range`` the weights were trained for."""
+
+    def __init__(self, cfg: RFDNConfig | None = None, **kwargs):
+        super().__init__()
+        cfg = cfg or RFDNConfig(**kwargs)
+        self.cfg = cfg
+        c = cfg.num_feat
+        self.fea_conv = make_conv(cfg.conv, cfg.num_in_ch, c, 3)
+        for i in range(cfg.num_block):
+            self.add_module(f"B{i + 1}", RFDB(cfg))
+        self.c = nn.Sequential(conv1x1(c * cfg.num_block, c), make_activation(cfg.activation, 0.05))
+        self.LR_conv = make_conv(cfg.conv, c, c, 3)
+        s = cfg.scale
+        self.upsampler = nn.Sequential(nn.Conv2d(c, cfg.num_out_ch * s * s, 3, 1, 1),
+                                       nn.PixelShuffle(s))
+
+    @property
+    def scale(self) -> int:
+        return self.cfg.scale
+
+    @property
+    def min_size(self) -> int:
+        return ESA_MIN_SIZE if self.cfg.esa else 1
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        x, ph, pw = pad_to_min(x, self.min_size)
+        x = x * self.cfg.img_range
+        out_fea = self.fea_conv(x)
+        feats, out = [], out_fea
+        for i in range(self.cfg.num_block):
+            out = getattr(self, f"B{i + 1}")(out)
+            feats.append(out)
+        out = self.upsampler(self.LR_conv(self.c(torch.cat(feats, dim=1))) + out_fea)
+        out = out / self.cfg.img_range
+        if ph or pw:
+            out = out[..., : h * self.scale, : w * self.scale]
+        return out
