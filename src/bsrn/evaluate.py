@@ -1,0 +1,118 @@
+"""The paper's evaluation protocol on benchmark folders (BasicSR ``test_y_channel``).
+
+A benchmark folder holds ``HR/`` and optionally ``LR_bicubic/X{s}/<name>x{s}.png`` (the EDSR
+pack). HR is modcropped to the scale; LR is either read from the files (``lr_source="files"``)
+or made from HR by MATLAB double-precision bicubic (``"matlab"``). SR is clamped, rounded to
+uint8, and scored on Y with ``crop_border = scale``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import BsrnError
+from .image_io import IMAGE_EXTS, read_rgb_uint8
+from .imresize import bicubic_downscale, modcrop
+from .metrics import psnr, ssim, tensor_to_uint8, uint8_to_tensor
+
+LR_SOURCES = ("files", "matlab")
+
+
+@dataclass
+class EvalResult:
+    """Mean scores of one model on one benchmark folder at one scale."""
+
+    dataset: str
+    scale: int
+    psnr: float
+    ssim: float
+    images: int
+    lr_source: str
+    per_image: list = field(default_factory=list, repr=False)
+
+    def to_dict(self, per_image: bool = False) -> dict:
+        d = asdict(self)
+        if not per_image:
+            d.pop("per_image")
+        return d
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    folder = Path(folder)
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+
+
+def hr_dir(dataset: str | os.PathLike) -> Path:
+    """The HR folder of a benchmark: ``DIR/HR`` when present, else DIR itself."""
+    d = Path(dataset)
+    if not d.is_dir():
+        raise BsrnError(f"{d}: no such dataset folder")
+    return d / "HR" if (d / "HR").is_dir() else d
+
+
+def lr_file(dataset: str | os.PathLike, name: str, scale: int) -> Path:
+    return Path(dataset) / "LR_bicubic" / f"X{scale}" / f"{name}x{scale}.png"
+
+
+def has_lr_files(dataset: str | os.PathLike, scale: int) -> bool:
+    return (Path(dataset) / "LR_bicubic" / f"X{scale}").is_dir()
+
+
+def load_pair(dataset, hr_path: Path, scale: int, lr_source: str):
+    """(HR modcropped to the scale, LR uint8) for one benchmark image."""
+    hr = modcrop(read_rgb_uint8(hr_path), scale)
+    if lr_source == "files":
+        lp = lr_file(dataset, hr_path.stem, scale)
+        lr = read_rgb_uint8(lp)
+        if lr.shape[0] * scale != hr.shape[0] or lr.shape[1] * scale != hr.shape[1]:
+            raise BsrnError(f"{lp}: size {lr.shape[1]}x{lr.shape[0]} does not match "
+                            f"{hr_path.name} at x{scale}")
+    else:
+        lr = bicubic_downscale(hr, scale, variant="double")
+    return hr, lr
+
+
+@torch.no_grad()
+def super_resolve(model: nn.Module, lr: np.ndarray, device="cpu") -> np.ndarray:
+    """Run a model on one uint8 LR image; return the uint8 SR image (clamped, rounded)."""
+    x = uint8_to_tensor(lr).to(device)
+    return tensor_to_uint8(model(x))
+
+
+def evaluate(model: nn.Module, dataset: str | os.PathLike, scale: int | None = None,
+             lr_source: str | None = None, device="cpu", save_dir: str | os.PathLike | None = None,
+             progress: bool = True, limit: int | None = None) -> EvalResult:
+    """Y-channel PSNR/SSIM of ``model`` on one benchmark folder (the paper's protocol)."""
+    scale = scale or model.scale
+    if scale != model.scale:
+        raise BsrnError(f"model is x{model.scale} but x{scale} was requested")
+    if lr_source is None:
+        lr_source = "files" if has_lr_files(dataset, scale) else "matlab"
+    if lr_source not in LR_SOURCES:
+        raise BsrnError(f"lr_source must be one of {LR_SOURCES}, got {lr_source!r}")
+    if lr_source == "files" and not has_lr_files(dataset, scale):
+        raise BsrnError(f"{dataset}: no LR_bicubic/X{scale} folder (use lr_source='matlab')")
+    paths = list_images(hr_dir(dataset))[:limit]
+    if not paths:
+        raise BsrnError(f"{dataset}: no images found")
+    name = Path(dataset).name
+    model = model.eval().to(device)
+    rows = []
+    from tqdm.auto import tqdm
+
+    for p in tqdm(paths, desc=f"{name} x{scale}", unit="img", disable=not progress, leave=False):
+        hr, lr = load_pair(dataset, p, scale, lr_source)
+        sr = super_resolve(model, lr, device)
+        rows.append({"image": p.stem, "psnr": psnr(sr, hr, scale, True),
+                     "ssim": ssim(sr, hr, scale, True)})
+        if save_dir is not None:
+            from .image_io import write_png
+
+            write_png(Path(save_dir) / name / f"X{scale}" / f"{p.stem}.png", sr)
+    return EvalResult(name, scale, float(np.mean([r["psnr"] for r in rows])),
+                      float(np.mean([r["ssim"] for r in rows])), len(rows), lr_source, rows)
