@@ -2,8 +2,10 @@
 from .checkpoint import load_model, save_model
 from .errors import BsrnError, CheckpointError, ConfigError, ImageError
 from .models import create_model, list_models
+# bsrn.upscale is the function; reach the module's other names with `from bsrn.upscale import`.
+from .upscale import Upscaler, upscale
 
 __version__ = "0.1.0"
 
 __all__ = ["create_model", "list_models", "load_model", "save_model", "BsrnError",
-           "CheckpointError", "ConfigError", "ImageError", "__version__"]
+           "CheckpointError", "ConfigError", "ImageError", "Upscaler", "upscale", "__version__"]

@@ -13,60 +13,420 @@ from .errors import BsrnError
 
 # ----------------------------------------------------------------------------- eval / make-lr
 def _add_make_lr(sub):
-    p = sub.add_parser("make-lr", help="make MATLAB-bicubic LR images from an HR folder")
-    p.add_argument("hr_dir")
-    p.add_argument("out_dir")
+    p = sub.add_parser(
+        "make-lr", help="make MATLAB-bicubic LR images from an HR folder",
+        description="Write OUT_DIR/LR_bicubic/X{s}/<name>x{s}.png = MATLAB bicubic of "
+                    "modcrop(HR, s) by 1/s. Existing identical files are kept (resumable).")
+    p.add_argument("hr_dir", help="folder of HR images (or a benchmark folder with HR/)")
+    p.add_argument("out_dir", help="where LR_bicubic/ is written")
     p.add_argument("--scale", type=int, nargs="+", default=[2, 3, 4])
     p.add_argument("--variant", choices=["uint8", "double"], default="uint8",
-                   help="uint8: two passes each rounded (EDSR pack); double: rounded once")
+                   help="uint8: two passes each rounded (EDSR pack, default); "
+                        "double: rounded once (BasicSR/BSRN test sets)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_make_lr)
 
 
 def _run_make_lr(args):
-    raise NotImplementedError
+    from .imresize import make_lr_folder
+
+    print(make_lr_folder(args.hr_dir, args.out_dir, args.scale, args.variant,
+                         progress=not args.quiet, limit=args.limit))
 
 
 def _add_eval(sub):
-    p = sub.add_parser("eval", help="PSNR/SSIM (Y channel) on benchmark folders")
+    p = sub.add_parser(
+        "eval", help="PSNR/SSIM (Y channel) on benchmark folders",
+        description="Score a model with the paper's protocol: Y channel (BT.601), crop = scale, "
+                    "SR rounded to uint8. A dataset folder holds HR/ and optionally "
+                    "LR_bicubic/X{s}/ (EDSR pack layout).")
+    p.add_argument("--weights", required=True,
+                   help="weights file (.pth/.safetensors) or bundled name, e.g. bsrn-x4")
+    p.add_argument("--dataset", action="append", required=True, metavar="DIR",
+                   help="benchmark folder; repeat for several")
+    p.add_argument("--scale", type=int, default=None,
+                   help="scale (default: the model's; must match the weights)")
+    p.add_argument("--lr-source", choices=["files", "matlab"], default=None,
+                   help="files: LR_bicubic images (default when present); matlab: MATLAB "
+                        "double bicubic of HR rounded once (the paper's numbers; default "
+                        "for HR-only folders)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--save-images", default=None, metavar="DIR",
+                   help="write SR images to DIR/<dataset>/X{s}/")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--limit", type=int, default=None, help="only the first N images per dataset")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_eval)
 
 
 def _run_eval(args):
-    raise NotImplementedError
+    from .evaluate import evaluate_many, format_table, write_json
+
+    results = evaluate_many(args.weights, args.dataset, args.scale, args.lr_source,
+                            args.device, args.save_images, not args.quiet, args.limit)
+    print(format_table(results, title=f"{args.weights}"))
+    if args.json:
+        write_json(results, args.json)
 
 
 # ----------------------------------------------------------------------------- train
 def _add_train(sub):
-    p = sub.add_parser("train", help="train a model from a YAML config")
+    p = sub.add_parser("train", help="train a model from a YAML config (torchrun for DDP)")
+    p.add_argument("--config", required=True, help="YAML recipe, e.g. configs/bsrn_x4.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.lr=2e-4 (repeatable)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint in run.dir")
     p.set_defaults(func=_run_train)
 
 
 def _run_train(args):
-    raise NotImplementedError
+    from .config import load_config
+    from .train import train
+
+    overrides = list(args.overrides) + (["run.resume=true"] if args.resume else [])
+    res = train(load_config(args.config, overrides))
+    if "weights" in res:
+        best = f"{res['best_psnr']:.3f} dB" if res["best_psnr"] > -1e9 else "n/a"
+        print(f"{res['iterations']} iterations; weights {res['weights']}; best val Y-PSNR {best}"
+              f" ({res['best_weights']})" + ("; stopped early, continue with --resume"
+                                            if res["stopped_early"] else ""))
+    return 0
+
+
+def _add_plot_log(sub):
+    p = sub.add_parser("plot-log", help="draw a run's loss and validation PSNR curves to PNG")
+    p.add_argument("run_dir", nargs="+", help="run folder(s) holding log.jsonl")
+    p.add_argument("--out", help="PNG path (default RUN_DIR/curves.png)")
+    p.add_argument("--title")
+    p.set_defaults(func=_run_plot_log)
+
+
+def _run_plot_log(args):
+    from .plots import plot_training_log
+
+    print(plot_training_log(args.run_dir, args.out, title=args.title))
+    return 0
 
 
 # ----------------------------------------------------------------------------- upscale / export
+def _pixel_count(text):
+    try:
+        return int(float(str(text).replace("_", "")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of pixels: {text!r}") from None
+
+
 def _add_upscale(sub):
-    p = sub.add_parser("upscale", help="upscale images")
+    from .image_io import DEFAULT_MAX_PIXELS
+
+    p = sub.add_parser(
+        "upscale", help="upscale images (files, folders, globs)",
+        description="Super-resolve images with BSRN. Writes OUT/<name>_x<S>.<ext>; inputs are "
+                    "never overwritten unless --overwrite.")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders or globs")
+    p.add_argument("-o", "--output", default="results",
+                   help="output folder (default: results), or a file name for one input")
+    p.add_argument("--weights", default=None, metavar="NAME|PATH",
+                   help="bundled name (bsrn-x2/3/4) or any weights file, official .pth included "
+                        "(default: the bundled bsrn-x<scale>)")
+    p.add_argument("-s", "--scale", type=float, default=None,
+                   help="output scale (default: 4, or the scale of --weights); scales the "
+                        "weights lack are reached by MATLAB bicubic after the network")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "auto"],
+                   help="fp32 (default); fp16 needs CUDA and falls back to fp32 on overflow; "
+                        "auto: fp16 on CUDA, fp32 elsewhere")
+    p.add_argument("-t", "--tile", type=int, default=None, metavar="N",
+                   help="LR tile side in px (default: automatic, whole image when it fits)")
+    p.add_argument("--tile-pad", type=int, default=None, metavar="P",
+                   help="tile halo in px for models without exact tiling (default 16)")
+    p.add_argument("--suffix", default=None,
+                   help="appended to output names (default: _x<scale>; '' keeps the name)")
+    p.add_argument("--ext", default="auto",
+                   help="output format: auto (keep the input's; PNG when alpha needs it), png, "
+                        "jpg, tif, webp, bmp")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--overwrite", action="store_true",
+                   help="allow replacing input files (outputs that exist are always replaced)")
+    g.add_argument("--skip-existing", action="store_true", help="skip outputs that exist")
+    p.add_argument("-r", "--recursive", action="store_true",
+                   help="descend into sub-folders (mirrored in the output folder)")
+    p.add_argument("--plain", action="store_true",
+                   help="run the model as loaded, without the fast inference rewrites")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (slow start; pays off on large batches)")
+    p.add_argument("--alpha-upsampler", choices=["network", "bicubic"], default="network",
+                   help="how transparency is upscaled: network (default) or MATLAB bicubic")
+    p.add_argument("--max-pixels", type=_pixel_count, default=DEFAULT_MAX_PIXELS,
+                   help=f"refuse inputs larger than this many pixels (decompression-bomb guard; "
+                        f"default {DEFAULT_MAX_PIXELS:,}; 0 = no limit)")
+    p.add_argument("--compare", action="store_true",
+                   help="also write <name>_side_by_side.png: bicubic | BSRN, labelled")
+    p.add_argument("--sample", action="store_true",
+                   help="upscale the bundled sample photo (with --compare): writes "
+                        "results/sample_x4.png and results/sample_x4_side_by_side.png")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_upscale)
 
 
 def _run_upscale(args):
-    raise NotImplementedError
+    import warnings
+
+    from .errors import ConfigError
+    from .upscale import SAMPLE, Upscaler, upscale_files
+
+    inputs = list(args.inputs)
+    if args.sample:
+        inputs.append(str(SAMPLE))
+    if not inputs:
+        raise ConfigError("give INPUT files, folders or globs (or --sample for the bundled photo)")
+    with warnings.catch_warnings():  # library warnings as one plain line each
+        warnings.showwarning = lambda msg, *a, **k: print(f"bsrn upscale: warning: {msg}",
+                                                          file=sys.stderr)
+        upscaler = Upscaler(args.weights, scale=args.scale, device=args.device,
+                            precision=args.precision, tile=args.tile, tile_pad=args.tile_pad,
+                            alpha_upsampler=args.alpha_upsampler, plain=args.plain,
+                            compile=args.compile)
+        if not args.quiet:
+            print(f"bsrn upscale: {upscaler.describe()}", file=sys.stderr)
+        result = upscale_files(inputs, args.output, upscaler, suffix=args.suffix,
+                               ext=args.ext, overwrite=args.overwrite,
+                               skip_existing=args.skip_existing, recursive=args.recursive,
+                               max_pixels=args.max_pixels, compare=args.compare or args.sample,
+                               progress=not args.quiet)
+    if len(result.written) <= 3:
+        for path in result.written + result.extra:
+            print(f"wrote {path}")
+    elif result.written:
+        print(f"wrote {len(result.written)} images under {args.output}")
+    print(result.summary())
+    return 0 if result.ok else 1
 
 
 # ----------------------------------------------------------------------------- profile / ablate
+def _kv(text):
+    """KEY=VALUE with a YAML-typed value (num_feat=72, esa=false)."""
+    import yaml
+
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    k, v = text.split("=", 1)
+    return k.strip(), yaml.safe_load(v)
+
+
+def _add_model_args(p, scale_default=None):
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--model", help="registry preset (see `bsrn models`), e.g. bsrn, bsrn_s, rfdn")
+    g.add_argument("--weights", help="weights file (.pth/.safetensors) or bundled name")
+    p.add_argument("--scale", type=int, default=scale_default,
+                   help="scale of a --model preset (default 4); checked against --weights")
+    p.add_argument("--arg", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset hyperparameter, e.g. --arg num_feat=72 (repeatable)")
+
+
 def _add_profile(sub):
-    p = sub.add_parser("profile", help="params, Multi-Adds, FLOPs, memory and runtime")
+    p = sub.add_parser(
+        "profile", help="params, Multi-Adds, FLOPs, memory and runtime",
+        description="Count parameters, Multi-Adds (paper: MACs at a 1280x720 HR output), "
+                    "FLOPs/#Acts/#Conv (NTIRE 2022: 256x256 LR), peak memory and runtime. "
+                    "Conventions: docs/efficiency.md.")
+    _add_model_args(p)
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--input", default=None, metavar="HxW",
+                      help="LR input size for memory and runtime (default: the paper's LR, "
+                           "e.g. 180x320 at x4)")
+    size.add_argument("--output", default=None, metavar="HxW",
+                      help="HR output size instead (e.g. 720x1280)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--repeat", type=int, default=10, help="timed runs (default 10)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed warm-up runs (default 3)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--no-runtime", action="store_true", help="skip timing (counts and memory only)")
+    p.add_argument("--ntire-runtime", action="store_true",
+                   help="also report the NTIRE figure: the first forward, no warm-up, "
+                        "cudnn.benchmark off")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the profile as JSON")
     p.set_defaults(func=_run_profile)
 
 
 def _run_profile(args):
-    raise NotImplementedError
+    import torch
+
+    from .evaluate import resolve_device
+    from .profile import (format_profile, output_to_input, parse_hw, profile_model,
+                          resolve_model, write_profile_json)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.ntire_runtime:
+        torch.backends.cudnn.benchmark = False
+    model, label = resolve_model(args.model, args.weights, args.scale, dict(args.arg))
+    hw = parse_hw(args.input) if args.input else None
+    if args.output:
+        hw = output_to_input(parse_hw(args.output), model.scale)
+    prof = profile_model(model, label, hw, resolve_device(args.device), args.repeat, args.warmup,
+                         runtime=not args.no_runtime, progress=True)
+    if prof.runtime_ms and not args.ntire_runtime:
+        prof.runtime_ms.pop("first", None)
+    print(format_profile(prof))
+    if args.json:
+        write_profile_json(prof, args.json)
+
+
+def _add_bench_ntire(sub):
+    p = sub.add_parser(
+        "bench-ntire", help="NTIRE 2022 efficient-SR protocol: RGB PSNR, runtime, efficiency",
+        description="Run the NTIRE 2022 ESR protocol: x4, whole-image forwards at batch 1, "
+                    "RGB PSNR with border 4, runtime averaged over each folder (no warm-up), "
+                    "and the challenge's Params/FLOPs/#Acts/Mem/#Conv columns. Point --data at "
+                    "the DIV2K valid and test folders to compare with the challenge table.")
+    _add_model_args(p)
+    p.add_argument("--data", action="append", default=[], metavar="DIR",
+                   help="validation folder (HR/ + LR_bicubic/X4/, or DIV2K_valid_HR/ + "
+                        "DIV2K_valid_LR_bicubic/X4/); repeat for valid and test")
+    p.add_argument("--hr-lr", nargs=2, action="append", default=[], metavar=("HR_DIR", "LR_DIR"),
+                   help="an explicit HR/LR folder pair instead of --data (repeatable)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--warmup", type=int, default=0,
+                   help="warm-up forwards on the first image of each folder (NTIRE 2022: 0)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images per folder")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_bench_ntire)
+
+
+def _run_bench_ntire(args):
+    import json
+
+    import torch
+
+    from .checkpoint import atomic_write
+    from .errors import BsrnError
+    from .evaluate import resolve_device
+    from .profile import format_ntire, ntire_report, resolve_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    folders = list(args.data) + [tuple(p) for p in args.hr_lr]
+    if not folders:
+        raise BsrnError("give at least one --data DIR or --hr-lr HR_DIR LR_DIR")
+    model, label = resolve_model(args.model, args.weights, args.scale, dict(args.arg))
+    row = ntire_report(model, label, folders, resolve_device(args.device), args.warmup,
+                       args.limit, not args.quiet)
+    print(format_ntire([row]))
+    if args.json:
+        text = json.dumps(row, indent=2) + "\n"
+        atomic_write(args.json, lambda tmp: open(tmp, "w", encoding="utf-8").write(text))
+
+
+def _add_plot(sub):
+    p = sub.add_parser(
+        "plot", help="figures: PSNR vs params / Multi-Adds, visual comparison grid",
+        description="`bsrn plot tradeoff` draws PSNR against parameters and against Multi-Adds "
+                    "from eval/profile/ablation JSONs; `bsrn plot grid` draws crops of HR, "
+                    "bicubic and models with PSNR captions.")
+    kinds = p.add_subparsers(dest="figure", required=True, metavar="FIGURE")
+    t = kinds.add_parser("tradeoff", help="psnr_vs_params and psnr_vs_multiadds")
+    t.add_argument("--entry", nargs="+", action="append", default=[],
+                   metavar=("LABEL", "JSON"),
+                   help="a model: its label, then its `bsrn eval --json` and `bsrn profile "
+                        "--json` files (repeatable)")
+    t.add_argument("--study", action="append", default=[], metavar="JSON",
+                   help="an ablation results.json: one point per finished variant")
+    t.add_argument("--dataset", default="Set5", help="eval row to plot (default Set5)")
+    t.add_argument("--scale", type=int, default=4)
+    t.add_argument("--highlight", action="append", default=[], metavar="LABEL",
+                   help="draw this entry as a red star (repeatable)")
+    t.add_argument("--format", nargs="+", default=["png"], choices=["png", "svg", "pdf"])
+    t.add_argument("--out", default="figures", metavar="DIR", help="output folder")
+    t.add_argument("--title", default=None)
+    g = kinds.add_parser("grid", help="crops of HR, bicubic and models with PSNR captions")
+    g.add_argument("--hr", required=True, metavar="IMAGE", help="HR image")
+    g.add_argument("--lr", default=None, metavar="IMAGE",
+                   help="LR image (default: MATLAB bicubic of the HR)")
+    g.add_argument("--weights", nargs=2, action="append", required=True,
+                   metavar=("LABEL", "WEIGHTS"), help="a model to show (repeatable)")
+    g.add_argument("--scale", type=int, default=4)
+    g.add_argument("--crop", default=None, metavar="Y,X,H,W",
+                   help="HR crop (default: the window where bicubic is worst)")
+    g.add_argument("--crop-size", type=int, default=96)
+    g.add_argument("--device", default="auto")
+    g.add_argument("--out", required=True, metavar="FILE", help="output .png/.svg")
+    p.set_defaults(func=_run_plot)
+
+
+def _run_plot(args):
+    from .errors import BsrnError
+
+    if args.figure == "grid":
+        from .evaluate import resolve_device
+        from .figures import comparison_grid
+
+        crop = None
+        if args.crop:
+            try:
+                crop = tuple(int(v) for v in args.crop.split(","))
+                assert len(crop) == 4
+            except (ValueError, AssertionError):
+                raise BsrnError(f"--crop {args.crop!r} is not Y,X,H,W") from None
+        info = comparison_grid(args.hr, [tuple(w) for w in args.weights], args.out, args.lr,
+                               args.scale, crop, args.crop_size, resolve_device(args.device))
+        for panel in info["panels"]:
+            print(f"{panel['label']:>24s}  {panel['psnr']:.2f} dB (crop {panel['psnr_crop']:.2f})")
+        print(f"wrote {args.out} (crop y,x,h,w = {','.join(map(str, info['crop']))})")
+        return 0
+    from .figures import entry_point, plot_tradeoff, study_points
+
+    points = []
+    for e in args.entry:
+        if len(e) < 2:
+            raise BsrnError(f"--entry {' '.join(e)}: give a label then at least one JSON file")
+        points.append(entry_point(e[0], e[1:], args.dataset, args.scale))
+    for s in args.study:
+        points.extend(study_points(s))
+    for path in plot_tradeoff(points, args.out, args.dataset, args.scale, tuple(args.format),
+                              tuple(args.highlight), args.title):
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_ablate(sub):
+    p = sub.add_parser(
+        "ablate", help="run the paper's ablation studies (train, eval, profile each variant)",
+        description="Train every variant of a study from the registry with the same recipe and "
+                    "budget, score it with the `bsrn eval` protocol, count it with `bsrn "
+                    "profile`, and write results.json + table.md. Finished variants are cached: "
+                    "rerun the same command to resume.")
+    p.add_argument("--study", required=True, choices=["conv", "attention", "activation",
+                                                      "capacity"])
+    p.add_argument("--budget", default="cpu-tiny",
+                   help="budget name in configs/ablation/ (cpu-tiny, gpu-short) or a training "
+                        "YAML (default cpu-tiny)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a budget key, e.g. --set train.iterations=600 (repeatable)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default 0)")
+    p.add_argument("--variants", nargs="+", default=None, help="a subset of the study's variants")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder (default runs/ablate/<study>/<budget>)")
+    p.add_argument("--eval-limit", type=int, default=None, help="score only the first N images")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_ablate)
+
+
+def _run_ablate(args):
+    from .ablation import run_study
+
+    res = run_study(args.study, args.budget, args.out, tuple(args.seeds), args.variants,
+                    args.set, args.eval_limit, not args.quiet)
+    print(res["table"])
 
 
 # ----------------------------------------------------------------------------- main
-_ADDERS = [_add_upscale, _add_eval, _add_make_lr, _add_train, _add_profile]
+_ADDERS = [_add_upscale, _add_eval, _add_make_lr, _add_train, _add_plot_log, _add_profile, _add_bench_ntire,
+           _add_plot, _add_ablate]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,11 +2,14 @@
 
 A benchmark folder holds ``HR/`` and optionally ``LR_bicubic/X{s}/<name>x{s}.png`` (the EDSR
 pack). HR is modcropped to the scale; LR is either read from the files (``lr_source="files"``)
-or made from HR by MATLAB double-precision bicubic (``"matlab"``). SR is clamped, rounded to
-uint8, and scored on Y with ``crop_border = scale``.
+or made from HR by MATLAB double-precision bicubic rounded once to uint8 (``"matlab"``, the
+BSRN/BasicSR test sets). SR is clamped, rounded to uint8, and scored on Y (BT.601) with
+``crop_border = scale``. Greyscale images are replicated to RGB.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -84,35 +87,126 @@ def super_resolve(model: nn.Module, lr: np.ndarray, device="cpu") -> np.ndarray:
     return tensor_to_uint8(model(x))
 
 
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` (or None) -> cuda when available, else cpu; ``"cuda"`` without a GPU is an
+    error."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BsrnError("device 'cuda' requested but no CUDA GPU is available (use cpu or auto)")
+    return dev
+
+
+@contextlib.contextmanager
+def _exact_fp32(device: torch.device):
+    """Full fp32 convolutions on CUDA while scoring (cuDNN's TF32 default would shift the last
+    digits of the published numbers)."""
+    if device.type != "cuda":
+        yield
+        return
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
 def evaluate(model: nn.Module, dataset: str | os.PathLike, scale: int | None = None,
              lr_source: str | None = None, device="cpu", save_dir: str | os.PathLike | None = None,
              progress: bool = True, limit: int | None = None) -> EvalResult:
-    """Y-channel PSNR/SSIM of ``model`` on one benchmark folder (the paper's protocol)."""
+    """Y-channel PSNR/SSIM of ``model`` on one benchmark folder (the paper's protocol).
+
+    ``lr_source`` None picks ``"files"`` when ``LR_bicubic/X{s}`` exists, else ``"matlab"``.
+    ``save_dir`` receives the SR images as ``save_dir/<dataset>/X{s}/<name>.png``.
+    """
     scale = scale or model.scale
     if scale != model.scale:
         raise BsrnError(f"model is x{model.scale} but x{scale} was requested")
+    folder = hr_dir(dataset)  # raises for a missing dataset folder
     if lr_source is None:
         lr_source = "files" if has_lr_files(dataset, scale) else "matlab"
     if lr_source not in LR_SOURCES:
         raise BsrnError(f"lr_source must be one of {LR_SOURCES}, got {lr_source!r}")
     if lr_source == "files" and not has_lr_files(dataset, scale):
-        raise BsrnError(f"{dataset}: no LR_bicubic/X{scale} folder (use lr_source='matlab')")
-    paths = list_images(hr_dir(dataset))[:limit]
+        raise BsrnError(f"{dataset}: no LR_bicubic/X{scale} folder (use the 'matlab' LR source "
+                        "to make LR from HR)")
+    paths = list_images(folder)[:limit]
     if not paths:
-        raise BsrnError(f"{dataset}: no images found")
-    name = Path(dataset).name
+        raise BsrnError(f"{folder}: no images found")
+    name = Path(dataset).resolve().name
+    device = resolve_device(device)
     model = model.eval().to(device)
     rows = []
     from tqdm.auto import tqdm
 
-    for p in tqdm(paths, desc=f"{name} x{scale}", unit="img", disable=not progress, leave=False):
-        hr, lr = load_pair(dataset, p, scale, lr_source)
-        sr = super_resolve(model, lr, device)
-        rows.append({"image": p.stem, "psnr": psnr(sr, hr, scale, True),
-                     "ssim": ssim(sr, hr, scale, True)})
-        if save_dir is not None:
-            from .image_io import write_png
+    with _exact_fp32(device):
+        for p in tqdm(paths, desc=f"{name} x{scale} ({lr_source} LR)", unit="img",
+                      disable=not progress, leave=False):
+            hr, lr = load_pair(dataset, p, scale, lr_source)
+            sr = super_resolve(model, lr, device)
+            rows.append({"image": p.stem, "psnr": psnr(sr, hr, scale, True),
+                         "ssim": ssim(sr, hr, scale, True)})
+            if save_dir is not None:
+                from .image_io import write_png
 
-            write_png(Path(save_dir) / name / f"X{scale}" / f"{p.stem}.png", sr)
+                write_png(Path(save_dir) / name / f"X{scale}" / f"{p.stem}.png", sr)
     return EvalResult(name, scale, float(np.mean([r["psnr"] for r in rows])),
                       float(np.mean([r["ssim"] for r in rows])), len(rows), lr_source, rows)
+
+
+def evaluate_many(weights, datasets, scale: int | None = None, lr_source: str | None = None,
+                  device="auto", save_dir: str | os.PathLike | None = None,
+                  progress: bool = True, limit: int | None = None) -> list[EvalResult]:
+    """Evaluate one model (an ``nn.Module``, or anything ``bsrn.load_model`` accepts: a path
+    or a bundled name) on several benchmark folders, in order."""
+    if isinstance(datasets, (str, os.PathLike)):
+        datasets = [datasets]
+    for d in datasets:  # fail before any slow work
+        hr_dir(d)
+    device = resolve_device(device)
+    if isinstance(weights, nn.Module):
+        model = weights
+    else:
+        from .checkpoint import load_model
+
+        model = load_model(weights, scale=scale, device=device)
+    return [evaluate(model, d, scale, lr_source, device, save_dir, progress, limit)
+            for d in datasets]
+
+
+PROTOCOL = ("Protocol: PSNR/SSIM on Y (BT.601: 16 + 65.481 R + 128.553 G + 24.966 B), "
+            "crop border = scale, SR clamped and rounded to uint8, HR modcropped to the scale, "
+            "greyscale replicated to RGB. LR source: files = the folder's LR_bicubic images "
+            "(EDSR pack: MATLAB bicubic on uint8, each pass rounded); matlab = MATLAB bicubic of "
+            "HR in double, rounded once to uint8 (the paper's BasicSR test sets).")
+
+
+def format_table(results, title: str | None = None) -> str:
+    """A markdown table of ``EvalResult``s (or their dicts) followed by the protocol line."""
+    rows = [r.to_dict() if isinstance(r, EvalResult) else dict(r) for r in results]
+    lines = [f"**{title}**", ""] if title else []
+    lines += ["| Dataset | Scale | PSNR (dB) | SSIM | Images | LR source |",
+              "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | x{r['scale']} | {r['psnr']:.4f} | {r['ssim']:.5f} "
+                     f"| {r['images']} | {r['lr_source']} |")
+    lines += ["", PROTOCOL]
+    return "\n".join(lines)
+
+
+def write_json(results, path: str | os.PathLike, per_image: bool = False) -> Path:
+    """Write ``[{"dataset", "scale", "psnr", "ssim", "images", "lr_source"}, ...]``
+    atomically (``per_image`` adds the per-image scores)."""
+    from .checkpoint import atomic_write
+
+    rows = [r.to_dict(per_image) if isinstance(r, EvalResult) else dict(r) for r in results]
+    text = json.dumps(rows, indent=2) + "\n"
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    atomic_write(path, write)
+    return Path(path)

@@ -1,7 +1,33 @@
-"""Image reading and writing. Errors are one line naming the file."""
+"""Image reading and writing for real-world pictures. Errors are one line naming the file.
+
+``read_image`` turns any file Pillow can open into a ``Picture``: HxWxC pixels with C = 1 (grey),
+2 (grey + alpha), 3 (RGB) or 4 (RGBA), dtype uint8 or uint16, plus the ICC profile and EXIF to
+write back. On the way it
+
+- applies the EXIF orientation (the pixels come out the way viewers show them);
+- converts palette images to RGB (RGBA when the palette has transparency), 1-bit to grey and
+  CMYK to RGB (through the embedded ICC profile when there is one);
+- keeps 16 bits where the file has them, decided by the file's sample format, never by the
+  pixel values: 16-bit grey PNG/TIFF through Pillow, 16-bit RGB/RGBA PNG/TIFF by decoding the
+  high and low bytes separately (Pillow itself keeps only 8 bits of those);
+- refuses decompression bombs: images over ``max_pixels`` (default ``DEFAULT_MAX_PIXELS``).
+
+``write_image`` writes a ``Picture``-like array atomically in the format named by the file
+extension, with the ICC profile (and EXIF for JPEG/PNG/WebP), JPEG quality 95 without chroma
+subsampling, and 16-bit PNG/TIFF (a small built-in encoder covers the 16-bit modes Pillow cannot
+hold). JPEG and BMP cannot keep alpha; other formats round 16 bits to 8 (v / 257).
+"""
 from __future__ import annotations
 
+import io
 import os
+import re
+import struct
+import sys
+import threading
+import warnings
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +37,262 @@ from .checkpoint import atomic_write
 from .errors import ImageError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+DEFAULT_MAX_PIXELS = 100_000_000
+"""Decompression-bomb limit for ``read_image``: 100 megapixels (width x height of the input)."""
+JPEG_QUALITY = 95
+
+_FORMAT_OF_EXT = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP",
+                  ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
+_EXT_OF_FORMAT = {"PNG": ".png", "JPEG": ".jpg", "MPO": ".jpg", "BMP": ".bmp", "TIFF": ".tiff",
+                  "WEBP": ".webp"}
+_NO_ALPHA = ("JPEG", "BMP")  # Pillow reads 32-bit BMP back without its alpha
+_EIGHT_BIT_ONLY = ("JPEG", "WEBP", "BMP")
+_LIMIT_LOCK = threading.Lock()
+
+
+# ----------------------------------------------------------------------------- the picture
+@dataclass
+class Picture:
+    """Decoded pixels plus what is needed to write them back faithfully.
+
+    ``pixels`` is HxWxC, C = 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA), uint8 or uint16.
+    """
+
+    pixels: np.ndarray
+    icc_profile: bytes | None = None
+    exif: bytes | None = None
+    format: str | None = None
+
+    @property
+    def channels(self) -> int:
+        return self.pixels.shape[2]
+
+    @property
+    def has_alpha(self) -> bool:
+        return self.channels in (2, 4)
+
+    @property
+    def bit_depth(self) -> int:
+        return 16 if self.pixels.dtype == np.uint16 else 8
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height), as Pillow reports it."""
+        return self.pixels.shape[1], self.pixels.shape[0]
+
+    def default_ext(self) -> str:
+        """The extension that keeps the source format, or .png when alpha or 16 bits need it."""
+        fmt = self.format or "PNG"
+        if fmt in _NO_ALPHA and self.has_alpha or fmt in _EIGHT_BIT_ONLY and self.bit_depth == 16:
+            return ".png"
+        return _EXT_OF_FORMAT.get(fmt, ".png")
+
+
+# ----------------------------------------------------------------------------- reading
+class _PixelLimit:
+    """Let Pillow open images up to ``limit`` pixels (we check the limit ourselves)."""
+
+    def __init__(self, limit: int | None):
+        self.limit = limit
+
+    def __enter__(self):
+        _LIMIT_LOCK.acquire()
+        self.saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None if not self.limit else self.limit
+
+    def __exit__(self, *exc):
+        Image.MAX_IMAGE_PIXELS = self.saved
+        _LIMIT_LOCK.release()
+
+
+def _bomb_message(where: str, w: int, h: int, limit: int) -> str:
+    return (f"{where}: {w}x{h} = {w * h / 1e6:.1f} MP exceeds the decompression-bomb limit of "
+            f"{limit:,} pixels; raise it with --max-pixels (max_pixels=) if you trust this file")
+
+
+def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Picture:
+    """Read any image file as a ``Picture`` (see the module docstring for what is normalised).
+
+    ``max_pixels`` (width x height) guards against decompression bombs; 0 or None disables it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: no such file")
+    if path.is_dir():
+        raise ImageError(f"{path}: is a folder, not an image file")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: empty file")
+    try:
+        with _PixelLimit(max_pixels), warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if max_pixels and w * h > max_pixels:
+                    raise ImageError(_bomb_message(str(path), w, h, max_pixels))
+                return _picture_from_pil(im, path)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file, or a variant of its format that Pillow "
+                         "cannot read") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: decompression bomb refused ({e})") from None
+    except MemoryError:
+        raise ImageError(f"{path}: not enough memory to decode this image") from None
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error,
+            IndexError, KeyError, TypeError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ImageError(f"{path}: cannot decode image ({msg[:200]})") from None
+
+
+def picture_from_pil(im: Image.Image) -> Picture:
+    """Normalise an in-memory PIL image the way ``read_image`` normalises files."""
+    return _picture_from_pil(im, None)
+
+
+def _picture_from_pil(im: Image.Image, path: Path | None) -> Picture:
+    icc = im.info.get("icc_profile") or None
+    fmt = im.format
+    arr = _decode_16bit_colour(im, path) if path is not None else None  # before getexif loads
+    if arr is None:
+        im.load()
+        arr, icc = _pixels_of(im, icc, path)
+    try:
+        exif = im.getexif()
+    except Exception:  # noqa: BLE001 - broken EXIF must not stop the pixels
+        exif = None
+    orientation = exif.get(0x0112, 1) if exif is not None else 1
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    arr = np.ascontiguousarray(_orient(arr, orientation))
+    exif_bytes = None
+    if exif is not None and len(exif) and fmt in ("JPEG", "MPO", "PNG", "WEBP"):
+        # TIFF "EXIF" is the file's own IFD (strip offsets, bit depths): never copied.
+        for tag in (0x0112, 0x0100, 0x0101):  # orientation (applied), stale width/height
+            exif.pop(tag, None)
+        sub = exif.get_ifd(0x8769)
+        for tag in (0xA002, 0xA003):  # ExifImageWidth/Height: now stale
+            sub.pop(tag, None)
+        try:
+            exif_bytes = exif.tobytes() if len(exif) else None
+        except Exception:  # noqa: BLE001 - unwritable EXIF is dropped, the pixels are kept
+            exif_bytes = None
+    return Picture(arr, icc_profile=icc, exif=exif_bytes, format=fmt)
+
+
+def _pixels_of(im: Image.Image, icc: bytes | None, path) -> tuple[np.ndarray, bytes | None]:
+    """Pixels of a loaded PIL image as HxW[xC] uint8/uint16 in L/LA/RGB/RGBA order."""
+    where = str(path) if path is not None else "image"
+    mode = im.mode
+    if mode in ("L", "LA", "RGB", "RGBA"):
+        return np.asarray(im), icc
+    if mode.startswith("I;16"):
+        return np.asarray(im).astype(np.uint16), icc
+    if mode == "I":
+        a = np.asarray(im)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise ImageError(f"{where}: 32-bit integer pixels outside 0..65535 are not supported")
+        return a.astype(np.uint16), icc
+    if mode == "F":
+        raise ImageError(f"{where}: 32-bit float images are not supported")
+    if mode == "1":
+        return np.asarray(im.convert("L")), icc
+    if mode == "P":
+        has_alpha = ("transparency" in im.info
+                     or im.palette is not None and im.palette.mode == "RGBA")
+        return np.asarray(im.convert("RGBA" if has_alpha else "RGB")), icc
+    if mode in ("PA", "RGBa", "RGBX"):
+        return np.asarray(im.convert("RGBA" if mode != "RGBX" else "RGB")), icc
+    if mode == "La":
+        return np.asarray(im.convert("LA")), icc
+    if mode == "CMYK":
+        if icc:
+            try:
+                from PIL import ImageCms
+
+                src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+                rgb = ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"),
+                                                outputMode="RGB")
+                return np.asarray(rgb), None
+            except Exception:  # noqa: BLE001 - fall back to Pillow's naive conversion
+                pass
+        return np.asarray(im.convert("RGB")), None  # a CMYK profile does not describe RGB
+    try:
+        return np.asarray(im.convert("RGB")), None
+    except ValueError:
+        raise ImageError(f"{where}: unsupported image mode {mode}") from None
+
+
+_RAW16 = re.compile(r"(RGB|RGBA|RGBX);16([BLN])")
+
+
+def _rawmode(tile) -> str | None:
+    args = tile.args
+    if isinstance(args, str):
+        return args
+    if isinstance(args, tuple) and args and isinstance(args[0], str):
+        return args[0]
+    return None
+
+
+def _with_rawmode(tile, rawmode: str):
+    args = tile.args
+    args = rawmode if isinstance(args, str) else (rawmode,) + tuple(args[1:])
+    return tile._replace(args=args)
+
+
+def _decode_16bit_colour(im: Image.Image, path: Path) -> np.ndarray | None:
+    """16-bit RGB/RGBA PNG or TIFF at full depth, or None for anything else.
+
+    Pillow stores these as 8-bit RGB(A), keeping the high byte of each sample. Decoding the file
+    a second time with the opposite byte order yields the low bytes; together they are exact.
+    """
+    if im.mode not in ("RGB", "RGBA") or not im.tile:
+        return None
+    rawmodes = {_rawmode(t) for t in im.tile}
+    if len(rawmodes) != 1:
+        return None
+    rawmode = rawmodes.pop() or ""
+    if rawmode == "LA;16B" and im.mode == "RGBA":  # 16-bit grey + alpha PNG
+        # Read each 32-bit pixel as four bytes: L high, L low, A high, A low.
+        im.tile = [_with_rawmode(t, "RGBA") for t in im.tile]
+        im.load()
+        b = np.asarray(im).astype(np.uint16)
+        return np.stack([(b[..., 0] << 8) | b[..., 1], (b[..., 2] << 8) | b[..., 3]], axis=-1)
+    m = _RAW16.fullmatch(rawmode)
+    if m is None:
+        return None
+    order = m.group(2)
+    if order == "N":
+        order = "L" if sys.byteorder == "little" else "B"
+    swapped = f"{m.group(1)};16{'L' if order == 'B' else 'B'}"
+    tiles = [_with_rawmode(t, swapped) for t in im.tile]
+    im.load()
+    hi = np.asarray(im).astype(np.uint16)
+    with Image.open(path) as im2:
+        im2.tile = tiles
+        im2.load()
+        lo = np.asarray(im2).astype(np.uint16)
+    return (hi << 8) | lo
+
+
+def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1-8) to HxWxC pixels, as Pillow's ``exif_transpose`` does."""
+    if orientation == 2:
+        return a[:, ::-1]
+    if orientation == 3:
+        return a[::-1, ::-1]
+    if orientation == 4:
+        return a[::-1]
+    if orientation == 5:
+        return a.transpose(1, 0, 2)
+    if orientation == 6:
+        return np.rot90(a, -1)
+    if orientation == 7:
+        return a[::-1, ::-1].transpose(1, 0, 2)
+    if orientation == 8:
+        return np.rot90(a, 1)
+    return a
 
 
 def read_rgb_uint8(path: str | os.PathLike) -> np.ndarray:
@@ -31,7 +313,161 @@ def read_rgb_uint8(path: str | os.PathLike) -> np.ndarray:
         raise ImageError(f"{path}: cannot decode image ({e})") from None
 
 
+# ----------------------------------------------------------------------------- writing
+def format_of(path: str | os.PathLike) -> str:
+    """Pillow format name for a file extension (``.jpg`` -> ``JPEG``)."""
+    ext = Path(path).suffix.lower()
+    if ext not in _FORMAT_OF_EXT:
+        raise ImageError(f"{path}: unsupported output extension {ext or '(none)'} "
+                         f"(use one of {', '.join(IMAGE_EXTS)})")
+    return _FORMAT_OF_EXT[ext]
+
+
+def stores_alpha(path: str | os.PathLike) -> bool:
+    """Whether the format of ``path``'s extension keeps transparency (not JPEG or BMP)."""
+    return format_of(path) not in _NO_ALPHA
+
+
+def to_8bit(a: np.ndarray) -> np.ndarray:
+    """uint16 -> uint8 by rounding v / 257 (exact inverse of the 8 -> 16 bit v * 257)."""
+    return ((a.astype(np.uint32) + 128) // 257).astype(np.uint8)
+
+
+def write_image(path: str | os.PathLike, pixels: np.ndarray, icc_profile: bytes | None = None,
+                exif: bytes | None = None, quality: int = JPEG_QUALITY) -> None:
+    """Write HxW or HxWxC (C = 1..4) uint8/uint16 pixels atomically, in the format of the
+    extension. 16 bits are kept by PNG and TIFF and rounded to 8 bits elsewhere; JPEG cannot
+    store alpha (an ``ImageError``: choose .png)."""
+    fmt = format_of(path)
+    a = pixels if pixels.ndim == 3 else pixels[:, :, None]
+    if a.dtype not in (np.uint8, np.uint16):
+        raise ImageError(f"{path}: cannot write {a.dtype} pixels (uint8 or uint16 expected)")
+    c = a.shape[2]
+    if c not in (1, 2, 3, 4):
+        raise ImageError(f"{path}: cannot write {c}-channel pixels")
+    if fmt in _NO_ALPHA and c in (2, 4):
+        raise ImageError(f"{path}: {fmt} cannot store transparency; write .png instead")
+    if a.dtype == np.uint16 and fmt in _EIGHT_BIT_ONLY:
+        a = to_8bit(a)
+    if a.dtype == np.uint16 and c == 2 and fmt == "TIFF":
+        a = a[:, :, [0, 0, 0, 1]]  # 16-bit grey+alpha TIFF is rarely readable; write RGBA
+    if a.dtype == np.uint16 and c > 1:
+        data = (_png16_bytes if fmt == "PNG" else _tiff16_bytes)(a, icc_profile)
+        _atomic_save(path, lambda tmp: Path(tmp).write_bytes(data))
+        return
+    if a.dtype == np.uint16:
+        img = Image.fromarray(np.ascontiguousarray(a[:, :, 0]))
+    else:
+        img = Image.fromarray(np.ascontiguousarray(a if c > 1 else a[:, :, 0]),
+                              mode=("L", "LA", "RGB", "RGBA")[c - 1])
+    kw = {}
+    if icc_profile and fmt != "BMP":
+        kw["icc_profile"] = icc_profile
+    if exif and fmt in ("JPEG", "PNG", "WEBP"):
+        kw["exif"] = exif
+    if fmt == "JPEG":
+        kw.update(quality=quality, subsampling=0)
+    elif fmt == "WEBP":
+        kw.update(quality=quality)
+
+    def save(tmp):
+        try:
+            img.save(tmp, format=fmt, **kw)
+        except (ValueError, OSError):
+            if "exif" not in kw:
+                raise
+            kw.pop("exif")  # e.g. EXIF over JPEG's 64 KB segment limit: keep the pixels
+            img.save(tmp, format=fmt, **kw)
+
+    try:
+        _atomic_save(path, save)
+    except (OSError, ValueError) as e:
+        raise ImageError(f"{path}: cannot write image ({e})") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _atomic_save(path, write) -> None:
+    """``atomic_write`` giving the file the usual permissions (0666 minus the umask) instead of
+    the 0600 of a temporary file."""
+    mode = 0o666 & ~_umask()
+
+    def write_and_chmod(tmp):
+        write(tmp)
+        os.chmod(tmp, mode)
+
+    atomic_write(path, write_and_chmod)
+
+
 def write_png(path: str | os.PathLike, arr: np.ndarray) -> None:
     """Write an HxW or HxWxC uint8 array as PNG, atomically."""
     img = Image.fromarray(arr)
-    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+    _atomic_save(path, lambda tmp: img.save(tmp, format="PNG"))
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return (struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+
+def _png16_bytes(a: np.ndarray, icc: bytes | None) -> bytes:
+    """A 16-bit PNG (grey, grey+alpha, RGB or RGBA) with the Sub filter on every row."""
+    h, w, c = a.shape
+    raw = a.astype(">u2").reshape(h, w * c).view(np.uint8)
+    bpp = 2 * c
+    rows = np.empty((h, raw.shape[1] + 1), np.uint8)
+    rows[:, 0] = 1  # Sub: each byte minus the same byte of the previous pixel
+    rows[:, 1:bpp + 1] = raw[:, :bpp]
+    rows[:, bpp + 1:] = raw[:, bpp:] - raw[:, :-bpp]
+    out = [b"\x89PNG\r\n\x1a\n",
+           _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, (0, 4, 2, 6)[c - 1], 0, 0, 0))]
+    if icc:
+        out.append(_png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc)))
+    out.append(_png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)))
+    out.append(_png_chunk(b"IEND", b""))
+    return b"".join(out)
+
+
+def _tiff16_bytes(a: np.ndarray, icc: bytes | None) -> bytes:
+    """An uncompressed little-endian 16-bit baseline TIFF (one strip), with the ICC profile."""
+    h, w, c = a.shape
+    pixels = a.astype("<u2").tobytes()
+    tags = []  # (tag, type, count, value bytes); types: 3 SHORT, 4 LONG, 7 UNDEFINED
+    short = lambda *v: struct.pack(f"<{len(v)}H", *v)  # noqa: E731
+    long_ = lambda *v: struct.pack(f"<{len(v)}I", *v)  # noqa: E731
+    n_tags = 10 + (c in (2, 4)) + bool(icc)
+    data_start = 8 + 2 + 12 * n_tags + 4
+    extra = b""
+
+    def add(tag, typ, count, value):
+        nonlocal extra
+        if len(value) <= 4:
+            tags.append((tag, typ, count, value.ljust(4, b"\x00")))
+        else:
+            off = data_start + len(extra)
+            tags.append((tag, typ, count, long_(off)))
+            extra += value + (b"\x00" if len(value) % 2 else b"")
+
+    add(256, 4, 1, long_(w))
+    add(257, 4, 1, long_(h))
+    add(258, 3, c, short(*([16] * c)))
+    add(259, 3, 1, short(1))
+    add(262, 3, 1, short(2 if c >= 3 else 1))
+    strip_offset_index = len(tags)
+    add(273, 4, 1, long_(0))
+    add(277, 3, 1, short(c))
+    add(278, 4, 1, long_(h))
+    add(279, 4, 1, long_(len(pixels)))
+    add(284, 3, 1, short(1))
+    if c in (2, 4):
+        add(338, 3, 1, short(2))  # unassociated alpha
+    if icc:
+        add(34675, 7, len(icc), icc)
+    tags[strip_offset_index] = (273, 4, 1, long_(data_start + len(extra)))
+    ifd = struct.pack("<H", len(tags)) + b"".join(
+        struct.pack("<HHI", t, typ, n) + v for t, typ, n, v in tags) + long_(0)
+    return b"II*\x00" + long_(8) + ifd + extra + pixels

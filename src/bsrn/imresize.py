@@ -13,6 +13,9 @@ resized first, then the width.
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -121,3 +124,107 @@ def modcrop(img: np.ndarray, scale: int) -> np.ndarray:
 def bicubic_downscale(hr: np.ndarray, scale: int, variant: str = "double") -> np.ndarray:
     """The benchmark LR: MATLAB bicubic of modcrop(HR, s) by 1/s, as uint8."""
     return imresize(modcrop(hr, scale), 1.0 / scale, variant=variant)
+
+
+# ----------------------------------------------------------------------------- LR folders
+@dataclass
+class MakeLRSummary:
+    """What ``make_lr_folder`` did: files written (new or changed) and left as they were."""
+
+    images: int
+    scales: tuple[int, ...]
+    variant: str
+    out_dir: str
+    written: int = 0
+    unchanged: int = 0
+
+    def __str__(self) -> str:
+        return (f"{self.images} HR images x{'/x'.join(map(str, self.scales))} ({self.variant}) -> "
+                f"{self.out_dir}/LR_bicubic: {self.written} written, "
+                f"{self.unchanged} already up to date")
+
+
+def _read_uint8(path: Path) -> np.ndarray:
+    """An 8-bit image as HxW (greyscale kept greyscale, as the EDSR pack's Set14 ``bridge``) or
+    HxWx3 uint8; other 8-bit modes become RGB."""
+    from PIL import Image, UnidentifiedImageError
+
+    from .errors import ImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+                raise ImageError(f"{path}: {im.mode} images are not supported (need 8-bit)")
+            if im.mode in ("LA", "La"):
+                im = im.convert("L")
+            elif im.mode not in ("L", "RGB"):
+                im = im.convert("RGB")
+            return np.asarray(im, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageError(f"{path}: cannot decode image ({e})") from None
+
+
+def _same_png(path: Path, arr: np.ndarray) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            old = np.asarray(im)
+    except Exception:  # unreadable or partial: regenerate it
+        return False
+    return old.dtype == arr.dtype and old.shape == arr.shape and np.array_equal(old, arr)
+
+
+def make_lr_folder(hr_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                   scales=(2, 3, 4), variant: str = "uint8", progress: bool = True,
+                   limit: int | None = None) -> MakeLRSummary:
+    """Write the benchmark LR set ``out_dir/LR_bicubic/X{s}/<name>x{s}.png``: MATLAB bicubic of
+    modcrop(HR, s) by 1/s (the EDSR pack protocol with ``variant="uint8"``).
+
+    ``hr_dir`` is a folder of images, or a benchmark folder holding ``HR/``. Outputs that
+    already exist with identical pixels are left alone, so an interrupted run resumes; writes
+    are atomic. Greyscale stays greyscale.
+    """
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from .checkpoint import atomic_write
+    from .errors import BsrnError
+    from .image_io import IMAGE_EXTS
+
+    if variant not in VARIANTS:
+        raise BsrnError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    scales = tuple(int(s) for s in scales)
+    if not scales or any(s < 2 for s in scales):
+        raise BsrnError(f"scales must be integers >= 2, got {scales}")
+    src = Path(hr_dir)
+    if not src.is_dir():
+        raise BsrnError(f"{src}: no such folder")
+    if (src / "HR").is_dir():
+        src = src / "HR"
+    paths = sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    paths = paths[:limit]
+    if not paths:
+        raise BsrnError(f"{src}: no images found ({', '.join(IMAGE_EXTS)})")
+    out = Path(out_dir)
+    summary = MakeLRSummary(len(paths), scales, variant, str(out))
+    for p in tqdm(paths, desc=f"make-lr x{'/x'.join(map(str, scales))}", unit="img",
+                  disable=not progress):
+        hr = _read_uint8(p)
+        for s in scales:
+            if hr.shape[0] < s or hr.shape[1] < s:
+                raise BsrnError(f"{p}: {hr.shape[1]}x{hr.shape[0]} is smaller than the scale {s}")
+            lr = bicubic_downscale(hr, s, variant)
+            dst = out / "LR_bicubic" / f"X{s}" / f"{p.stem}x{s}.png"
+            if dst.exists() and _same_png(dst, lr):
+                summary.unchanged += 1
+                continue
+            img = Image.fromarray(lr)
+            atomic_write(dst, lambda tmp, img=img: img.save(tmp, format="PNG"))
+            summary.written += 1
+    return summary

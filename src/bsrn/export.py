@@ -1,0 +1,180 @@
+"""Export to ONNX and TorchScript, verified against PyTorch after writing.
+
+ONNX conventions (those of the SR ecosystem): input ``input`` and output ``output``, NCHW float32
+RGB in [0, 1], dynamic batch, height and width; opset 17 by default through the legacy
+TorchScript-based exporter (``dynamo=False``; exact GELU becomes an Erf subgraph that ONNX Runtime
+re-fuses, PixelShuffle becomes DepthToSpace, ESA's bilinear resize takes its size from Shape).
+``dynamo=True`` uses the torch.export-based exporter (opset >= 18). After writing, the file is run
+in ONNX Runtime (CPU) at several sizes, odd ones and batch 2 included, and compared with the
+PyTorch model. Like the network itself, exported graphs need inputs of at least ``min_size``
+(15 px for BSRN): the small-input padding of the PyTorch module is a Python branch that tracing
+freezes.
+
+``optimize=True`` exports the exact rewrites of :mod:`bsrn.optimize` that suit a graph runtime
+(replication folded into fea_conv, horizontally merged 1x1s as ONNX ``Conv``), not the CPU-eager
+matmul layout.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import atomic_write
+from .errors import BsrnError, ConfigError
+
+#: Sizes (N, H, W) checked after export: minimum, odd, batch 2 non-square.
+VERIFY_SIZES = ((1, 15, 15), (1, 37, 53), (2, 24, 31))
+#: Tolerance of the post-export check (max |diff| in [0, 1] units).
+VERIFY_ATOL = 1e-3
+
+
+def _export_module(model: nn.Module, optimize: bool) -> nn.Module:
+    model = model.eval().float().cpu()
+    if not optimize:
+        return model
+    from .models.bsrn import BSRN
+    from .optimize import optimize as _optimize
+
+    if not isinstance(model, BSRN):
+        return model
+    return _optimize(model, "cpu", "fp32", rewrites=("fold", "hmerge"), fuse="none")
+
+
+def _dummy(model: nn.Module, n: int = 1, h: int = 32, w: int = 32, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    c = getattr(getattr(model, "cfg", None), "num_in_ch", 3)
+    return torch.rand(n, c, h, w, generator=g)
+
+
+def _check(name: str, got: np.ndarray, ref: torch.Tensor, path) -> float:
+    diff = float(np.abs(got - ref.numpy()).max())
+    if not np.isfinite(diff) or diff > VERIFY_ATOL:
+        raise BsrnError(f"{path}: exported {name} model differs from PyTorch by {diff:.2e} "
+                        f"(> {VERIFY_ATOL})")
+    return diff
+
+
+def verify_onnx(path: str | os.PathLike, model: nn.Module,
+                sizes=VERIFY_SIZES) -> dict[str, float]:
+    """Run ``path`` in ONNX Runtime (CPU) at ``sizes`` and compare with ``model``; returns
+    {"NxHxW": max |diff|}; raises BsrnError above :data:`VERIFY_ATOL`."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = max(1, torch.get_num_threads())
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    out = {}
+    for i, (n, h, w) in enumerate(sizes):
+        x = _dummy(model, n, h, w, seed=i)
+        with torch.no_grad():
+            ref = model(x).float()
+        got = sess.run(["output"], {"input": x.numpy()})[0]
+        if got.shape != tuple(ref.shape):
+            raise BsrnError(f"{path}: ONNX output shape {got.shape} for input {tuple(x.shape)}, "
+                            f"expected {tuple(ref.shape)}")
+        out[f"{n}x{h}x{w}"] = _check("ONNX", got, ref, path)
+    return out
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = 17,
+                optimize: bool = True, dynamo: bool = False, verify: bool = True,
+                sizes=VERIFY_SIZES) -> dict:
+    """Write ``model`` as ONNX to ``path`` (atomically) and verify it in ONNX Runtime.
+
+    Returns {"path", "opset", "optimized", "max_abs_diff": {size: diff}}.
+    """
+    path = Path(path)
+    if dynamo and opset < 18:
+        raise ConfigError(f"the dynamo exporter needs opset >= 18 (got {opset})")
+    if not dynamo and not 11 <= opset <= 20:
+        raise ConfigError(f"opset must be 11..20 for the legacy exporter (got {opset}); "
+                          "PixelShuffle needs >= 11")
+    src = model.eval().float().cpu()
+    net = _export_module(src, optimize)
+    dummy = _dummy(net, 1, 32, 32)
+
+    def write(tmp):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if dynamo:
+                dim = torch.export.Dim
+                shapes = {"x": {0: dim("batch", min=1, max=64), 2: dim("height", min=15),
+                                3: dim("width", min=15)}}
+                prog = torch.onnx.export(net, (dummy,), None, dynamo=True, opset_version=opset,
+                                         input_names=["input"], output_names=["output"],
+                                         dynamic_shapes=shapes)
+                prog.save(tmp)
+            else:
+                torch.onnx.export(
+                    net, (dummy,), tmp, opset_version=opset, dynamo=False,
+                    input_names=["input"], output_names=["output"],
+                    dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"},
+                                  "output": {0: "batch", 2: "height_out", 3: "width_out"}})
+        _add_metadata(tmp, src)
+
+    with torch.no_grad():
+        atomic_write(path, write)
+    result = {"path": str(path), "opset": opset, "optimized": net is not src}
+    if verify:
+        result["max_abs_diff"] = verify_onnx(path, src, sizes)
+    return result
+
+
+def _add_metadata(tmp, model: nn.Module) -> None:
+    import onnx
+
+    m = onnx.load(tmp)
+    meta = {"bsrn.scale": str(getattr(model, "scale", "")),
+            "bsrn.min_size": str(getattr(model, "min_size", "")),
+            "bsrn.io": "NCHW float32 RGB in [0, 1]"}
+    cfg = getattr(model, "cfg", None)
+    if cfg is not None and hasattr(cfg, "to_dict"):
+        import json
+
+        meta["bsrn.config"] = json.dumps(cfg.to_dict())
+    for k, v in meta.items():
+        p = m.metadata_props.add()
+        p.key, p.value = k, v
+    onnx.save(m, tmp)
+
+
+def export_torchscript(model: nn.Module, path: str | os.PathLike, optimize: bool = False,
+                       verify: bool = True, sizes=VERIFY_SIZES) -> dict:
+    """Trace ``model`` to TorchScript at ``path`` (atomically) and verify the reloaded module.
+
+    TorchScript is deprecated upstream in favour of torch.export; it remains the format some
+    C++/mobile deployments load. ``optimize=True`` traces the fast path for this CPU.
+    """
+    path = Path(path)
+    src = model.eval().float().cpu()
+    if optimize:
+        from .optimize import optimize as _optimize
+
+        net = _optimize(src, "cpu", "fp32", rewrites=("fold", "matmul", "hmerge"), fuse="none")
+    else:
+        net = src
+    dummy = _dummy(net, 1, 32, 32)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(net, dummy, check_trace=False)
+    atomic_write(path, lambda tmp: torch.jit.save(traced, tmp))
+    result = {"path": str(path), "optimized": optimize}
+    if verify:
+        loaded = torch.jit.load(str(path))
+        diffs = {}
+        for i, (n, h, w) in enumerate(sizes):
+            x = _dummy(src, n, h, w, seed=i)
+            with torch.no_grad():
+                ref = src(x).float()
+                got = loaded(x)
+            if tuple(got.shape) != tuple(ref.shape):
+                raise BsrnError(f"{path}: TorchScript output shape {tuple(got.shape)}, expected "
+                                f"{tuple(ref.shape)}")
+            diffs[f"{n}x{h}x{w}"] = _check("TorchScript", got.numpy(), ref, path)
+        result["max_abs_diff"] = diffs
+    return result

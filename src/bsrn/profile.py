@@ -1,0 +1,729 @@
+"""Efficiency measurement: parameters, Multi-Adds, NTIRE FLOPs / activations / convs, peak memory
+and runtime, with every convention stated.
+
+Counting is done by forward hooks that we write (one record per layer call), on a copy of the
+model on the ``meta`` device, so no arithmetic is performed and counts do not depend on the
+weights. ``torch.utils.flop_counter.FlopCounterMode`` serves as an independent check of the
+conv/linear MACs.
+
+Conventions (see docs/efficiency.md):
+
+* **MACs**: multiply-accumulates of every ``nn.Conv2d`` / ``nn.ConvTranspose2d`` / ``nn.Linear``
+  call, bias excluded (what ``torch.utils.flop_counter`` and thop 0.1 count for convs).
+* **Multi-Adds (paper)**: the MACs plus one add per output element of a biased layer, at a
+  1280x720 HR output (LR 640x360 x2, 427x240 x3, 320x180 x4). This reproduces the published
+  73.0 / 33.3 / 19.4 G; the bias-free MACs (19.18 G at x4) are reported as ``macs``.
+  Elementwise ops, activations, attention products, pooling and interpolation are not counted.
+* **FLOPs (NTIRE 2022, really MACs)**: at a 256x256 LR input, the conv MACs as above plus one per
+  output element of ReLU-family layers (ReLU, LeakyReLU, PReLU, ELU, ReLU6), the BatchNorm ops and
+  the Linear MACs counted correctly. GELU, sigmoid, pooling and interpolation are not counted.
+  **#Acts** is the number of elements of every Conv2d output, **#Conv** the number of Conv2d calls.
+  Layers that the official implementation writes as ``nn.Linear`` (all 1x1 layers of BSRN-S) are
+  counted as Linear there, so they add MACs but no activations and no convs.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import BsrnError
+
+#: HR output of the paper's Multi-Adds convention (W, H).
+PAPER_HR = (1280, 720)
+#: LR input side of the NTIRE 2022 counter (``utils/model_summary.py``).
+NTIRE_LR = 256
+
+_RELU_FAMILY = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.ReLU6)
+_OTHER_ACTS = (nn.GELU, nn.Sigmoid, nn.SiLU, nn.Hardswish, nn.Tanh, nn.Hardsigmoid, nn.Mish)
+_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+# ----------------------------------------------------------------------------- layer records
+@dataclass
+class LayerCall:
+    """One call of one leaf layer: its kind, MACs (bias excluded), bias adds, output size."""
+
+    name: str
+    kind: str          # conv3x3 | dwconv | conv1x1 | linear | convT | relu | act | bn | pool | upsample
+    macs: int = 0
+    bias_adds: int = 0
+    out_numel: int = 0
+    in_numel: int = 0
+    ntire_linear_bug: int = 0   # what the shipped NTIRE counter would give as a Linear
+
+
+def _conv_kind(m: nn.Conv2d) -> str:
+    if m.groups > 1:
+        return "dwconv" if m.groups == m.in_channels else "gconv"
+    return "conv1x1" if tuple(m.kernel_size) == (1, 1) else "conv3x3" \
+        if tuple(m.kernel_size) == (3, 3) else "convkxk"
+
+
+def _record(name: str, m: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> LayerCall | None:
+    """The record for one call, or None for layers that are not counted at all."""
+    on, inn = out.numel(), inp.numel()
+    if isinstance(m, nn.Conv2d):
+        k = math.prod(m.kernel_size)
+        macs = on * (m.in_channels // m.groups) * k
+        # As an NHWC Linear (BSRN-S), the shipped counter would see batch * H * H.
+        bug = out.shape[0] * out.shape[2] * out.shape[2]
+        return LayerCall(name, _conv_kind(m), macs, on if m.bias is not None else 0, on, inn, bug)
+    if isinstance(m, nn.ConvTranspose2d):
+        k = math.prod(m.kernel_size)
+        macs = inn * (m.out_channels // m.groups) * k
+        return LayerCall(name, "convT", macs, on if m.bias is not None else 0, on, inn)
+    if isinstance(m, nn.Linear):
+        # Linear acts on the last dimension; every other dimension is a batch of positions.
+        bug = inp.shape[0] * (inp.shape[1] if inp.ndim > 1 else 1) * (
+            out.shape[1] if out.ndim > 1 else out.shape[0])
+        return LayerCall(name, "linear", on * m.in_features,
+                         on if m.bias is not None else 0, on, inn, bug)
+    if type(m).__name__ == "CCA":
+        # CCA's global statistics: thop counts its AdaptiveAvgPool2d as (H*W + 1) per output.
+        return LayerCall(name, "gpool", 0, 0, out.shape[0] * out.shape[1], inn)
+    if isinstance(m, _RELU_FAMILY):
+        return LayerCall(name, "relu", 0, 0, on, inn)
+    if isinstance(m, _OTHER_ACTS):
+        return LayerCall(name, "act", 0, 0, on, inn)
+    if isinstance(m, _BNS):
+        return LayerCall(name, "bn", 0, 0, on, inn)
+    if isinstance(m, _POOLS):
+        return LayerCall(name, "pool", 0, 0, on, inn)
+    if isinstance(m, nn.Upsample):
+        return LayerCall(name, "upsample", 0, 0, on, inn)
+    return None
+
+
+def trace_layers(model: nn.Module, x: torch.Tensor) -> list[LayerCall]:
+    """Run ``model(x)`` once with forward hooks on every leaf layer; return one record per call.
+
+    A layer called twice (e.g. a shared activation module) gives two records.
+    """
+    calls: list[LayerCall] = []
+    handles = []
+    for name, m in model.named_modules():
+        if next(m.children(), None) is not None and type(m).__name__ != "CCA":
+            continue
+
+        def hook(mod, args, out, _name=name):
+            if not args or not isinstance(args[0], torch.Tensor) or not isinstance(out, torch.Tensor):
+                return
+            rec = _record(_name, mod, args[0], out)
+            if rec is not None:
+                calls.append(rec)
+
+        handles.append(m.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def _on_meta(model: nn.Module) -> nn.Module:
+    """A weight-free copy of ``model`` on the meta device (shapes only, nothing computed)."""
+    m = copy.deepcopy(model)
+    return m.to("meta").eval()
+
+
+def official_linear_layers(model: nn.Module) -> set[str]:
+    """Names of our 1x1 convs that the official implementation writes as ``nn.Linear``.
+
+    BSRN-S (``pw_bias=True``) implements every 1x1 layer as a Linear on NHWC tensors; the NTIRE
+    counter therefore sees them as Linear, not Conv2d.
+    """
+    cfg = getattr(model, "cfg", None)
+    if cfg is None or not getattr(cfg, "pw_bias", False):
+        return set()
+    return {n for n, m in model.named_modules()
+            if isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (1, 1) and m.groups == 1}
+
+
+# ----------------------------------------------------------------------------- counts
+@dataclass
+class OpCounts:
+    """Totals of one traced forward at one input size."""
+
+    input_hw: tuple[int, int]
+    output_hw: tuple[int, int]
+    macs: int                 # conv + convT + linear MACs, bias excluded
+    bias_adds: int            # one add per biased conv/linear output element
+    ntire_flops: int          # NTIRE counter (MACs + ReLU family + BN, Linear counted right)
+    ntire_flops_linear_bug: int  # the same with the shipped counter's Linear formula
+    activations: int          # numel of Conv2d outputs (NTIRE #Acts)
+    convs: int                # Conv2d calls (NTIRE #Conv)
+    by_kind: dict = field(default_factory=dict)   # kind -> MACs
+    uncounted: dict = field(default_factory=dict)  # kind -> output elements of skipped layers
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def count_ops(model: nn.Module, input_hw: tuple[int, int], linear_layers: set[str] | None = None,
+              in_ch: int | None = None) -> OpCounts:
+    """Count MACs, NTIRE FLOPs, activations and convs for one (1, C, H, W) input.
+
+    ``linear_layers``: names of 1x1 convs to count as ``nn.Linear`` (the NTIRE counter's view of
+    BSRN-S); defaults to :func:`official_linear_layers`.
+    """
+    if linear_layers is None:
+        linear_layers = official_linear_layers(model)
+    in_ch = in_ch or _in_channels(model)
+    h, w = input_hw
+    meta = _on_meta(model)
+    calls = trace_layers(meta, torch.empty(1, in_ch, h, w, device="meta"))
+    out = _output_hw(model, input_hw)
+    macs = bias = flops = bug = acts = convs = 0
+    by_kind: dict[str, int] = defaultdict(int)
+    uncounted: dict[str, int] = defaultdict(int)
+    for c in calls:
+        as_linear = c.kind == "linear" or c.name in linear_layers
+        macs += c.macs
+        bias += c.bias_adds
+        if c.macs:
+            by_kind["linear" if as_linear else c.kind] += c.macs
+        if c.kind in ("relu", "bn"):
+            # ptflops-style hooks: ReLU family = output numel; BN = input numel (x2 if affine).
+            n = c.out_numel if c.kind == "relu" else c.in_numel * 2
+            flops += n
+            bug += n
+            by_kind[c.kind] += n
+        elif c.kind in ("act", "pool", "upsample"):
+            uncounted[c.kind] += c.out_numel
+        elif c.kind == "gpool":
+            uncounted[c.kind] += c.in_numel + c.out_numel
+        elif as_linear:
+            flops += c.macs
+            # The shipped NTIRE counter: batch * input.shape[1] * output.shape[1]; on an NHWC
+            # tensor (1, H, W, C) that is H * H.
+            bug += c.ntire_linear_bug
+        else:
+            flops += c.macs
+            bug += c.macs
+            if c.kind != "convT":
+                acts += c.out_numel
+                convs += 1
+    return OpCounts((h, w), out, macs, bias, flops, bug, acts, convs, dict(by_kind),
+                    dict(uncounted))
+
+
+def aten_op_counts(model: nn.Module, input_hw: tuple[int, int], in_ch: int | None = None) -> dict:
+    """Output elements per ATen op of one forward (meta device): what an "every elementwise op
+    counts" convention would add. Views, concatenations and copies are listed too."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    counts: dict[str, int] = defaultdict(int)
+
+    class Counter(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            name = func.overloadpacket.__name__
+            counts[name] += sum(t.numel() for t in outs if isinstance(t, torch.Tensor))
+            return out
+
+    meta = _on_meta(model)
+    x = torch.empty(1, in_ch or _in_channels(model), *input_hw, device="meta")
+    with torch.no_grad(), Counter():
+        meta(x)
+    return dict(counts)
+
+
+def flop_counter_macs(model: nn.Module, input_hw: tuple[int, int], in_ch: int | None = None) -> int:
+    """Conv + linear MACs from PyTorch's own ``FlopCounterMode`` (FLOPs / 2), on meta tensors."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    meta = _on_meta(model)
+    x = torch.empty(1, in_ch or _in_channels(model), *input_hw, device="meta")
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        meta(x)
+    return fc.get_total_flops() // 2
+
+
+def _in_channels(model: nn.Module) -> int:
+    cfg = getattr(model, "cfg", None)
+    return int(getattr(cfg, "num_in_ch", 3))
+
+
+def _output_hw(model: nn.Module, input_hw) -> tuple[int, int]:
+    s = int(getattr(model, "scale", 1))
+    return input_hw[0] * s, input_hw[1] * s
+
+
+def count_params(model: nn.Module) -> int:
+    """Sum of numel over all parameters (the paper's and NTIRE's #Params)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def paper_input_hw(scale: int) -> tuple[int, int]:
+    """LR (H, W) whose output is 1280x720: 360x640 (x2), 240x427 (x3), 180x320 (x4)."""
+    w, h = PAPER_HR
+    return round(h / scale), round(w / scale)
+
+
+# ----------------------------------------------------------------------------- memory
+def estimate_peak_memory(model: nn.Module, input_hw: tuple[int, int], in_ch: int | None = None) -> int:
+    """Peak bytes of live tensors (weights, input, activations) during one no-grad forward.
+
+    Runs on the meta device under a dispatch mode that tracks every tensor storage an op creates
+    and when it is released, which is what ``torch.cuda.max_memory_allocated`` measures minus
+    allocator rounding and cuDNN workspaces.
+    """
+    from torch.multiprocessing.reductions import StorageWeakRef
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    meta = _on_meta(model)
+    x = torch.empty(1, in_ch or _in_channels(model), *input_hw, device="meta")
+    live: dict[int, tuple[StorageWeakRef, int]] = {}
+    state = {"cur": 0, "peak": 0}
+
+    def add(t):
+        if isinstance(t, torch.Tensor):
+            st = t.untyped_storage()
+            ref = StorageWeakRef(st)
+            if ref.cdata not in live:
+                live[ref.cdata] = (ref, st.nbytes())
+                state["cur"] += st.nbytes()
+
+    def sweep():
+        for key in [k for k, (r, _) in live.items() if r.expired()]:
+            state["cur"] -= live.pop(key)[1]
+
+    class Tracker(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            sweep()
+            for t in (out if isinstance(out, (tuple, list)) else (out,)):
+                add(t)
+            state["peak"] = max(state["peak"], state["cur"])
+            return out
+
+    for t in list(meta.parameters()) + list(meta.buffers()) + [x]:
+        add(t)
+    state["peak"] = state["cur"]
+    with torch.no_grad(), Tracker():
+        y = meta(x)
+    del y
+    return state["peak"]
+
+
+# ----------------------------------------------------------------------------- runtime
+@dataclass
+class Runtime:
+    """Forward-pass timings in milliseconds."""
+
+    mean: float
+    median: float
+    p90: float
+    min: float
+    repeat: int
+    warmup: int
+    timer: str
+    first: float | None = None   # the very first forward (NTIRE: no warm-up)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_forward(model: nn.Module, x: torch.Tensor, repeat: int = 10, warmup: int = 3,
+                 progress: bool = False) -> Runtime:
+    """Time ``model(x)``: ``warmup`` untimed runs, then ``repeat`` timed ones (CUDA events on
+    GPU, ``perf_counter`` on CPU). The first forward is timed separately as ``first``."""
+    if repeat < 1:
+        raise BsrnError(f"repeat must be >= 1, got {repeat}")
+    device = x.device
+    cuda = device.type == "cuda"
+
+    def once() -> float:
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            model(x)
+            end.record()
+            torch.cuda.synchronize(device)
+            return float(start.elapsed_time(end))
+        t0 = time.perf_counter()
+        model(x)
+        return (time.perf_counter() - t0) * 1e3
+
+    from tqdm.auto import tqdm
+
+    times = []
+    with torch.no_grad():
+        _sync(device)
+        first = once()
+        bar = tqdm(total=max(0, warmup - 1) + repeat, desc="timing", unit="run",
+                   disable=not progress, leave=False)
+        for _ in range(max(0, warmup - 1)):
+            once()
+            bar.update()
+        if warmup == 0:
+            times.append(first)
+        for _ in range(repeat - (1 if warmup == 0 else 0)):
+            times.append(once())
+            bar.update()
+        bar.close()
+    times.sort()
+    p90 = times[min(len(times) - 1, math.ceil(0.9 * len(times)) - 1)]
+    return Runtime(statistics.fmean(times), statistics.median(times), p90, times[0], len(times),
+                   warmup, "cuda events" if cuda else "perf_counter", first)
+
+
+# ----------------------------------------------------------------------------- full profile
+@dataclass
+class Profile:
+    """Everything ``bsrn profile`` reports for one model."""
+
+    model: str
+    scale: int
+    params: int
+    multi_adds: int           # paper convention (1280x720 HR output): MACs + bias adds
+    macs: int                 # the same, bias excluded
+    flops: int                # NTIRE convention (256x256 LR), MACs
+    activations: int          # NTIRE #Acts
+    convs: int                # NTIRE #Conv
+    memory_mb: float | None
+    runtime_ms: dict | None
+    paper: dict = field(default_factory=dict)
+    ntire: dict = field(default_factory=dict)
+    at_input: dict = field(default_factory=dict)
+    device: str = "cpu"
+    memory_source: str = ""
+    conventions: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+CONVENTIONS = {
+    "multi_adds": "multiply-accumulates of every Conv2d/ConvTranspose2d/Linear call plus one "
+                  "add per biased output element, at a 1280x720 HR output; activations, "
+                  "elementwise products/sums, attention statistics, pooling and interpolation "
+                  "are not counted",
+    "macs": "multi_adds without the bias adds (torch.utils.flop_counter / thop 0.1 convention)",
+    "flops": "NTIRE 2022 model_summary at a 3x256x256 LR input: conv MACs (no bias) + Linear "
+             "MACs (counted per position) + 1 per ReLU-family output element + BatchNorm; GELU, "
+             "sigmoid, pooling, interpolation not counted. FLOPs here are MACs, as in NTIRE",
+    "activations": "number of elements of all Conv2d outputs at 3x256x256 (NTIRE #Acts)",
+    "convs": "number of Conv2d calls (NTIRE #Conv); layers the official code writes as "
+             "nn.Linear (BSRN-S 1x1s) count in neither activations nor convs",
+    "memory_mb": "peak of live tensor memory during one forward (weights + input + "
+                 "activations), MiB; CUDA: torch.cuda.max_memory_allocated",
+    "runtime_ms": "forward only, batch 1, after warm-up; mean/median/p90 over repeats; "
+                  "'first' is the cold first call (NTIRE: no warm-up)",
+}
+
+
+def _fmt_hw(hw) -> str:
+    return f"{hw[0]}x{hw[1]}"
+
+
+def profile_model(model: nn.Module, name: str = "", input_hw: tuple[int, int] | None = None,
+                  device: str = "cpu", repeat: int = 10, warmup: int = 3, runtime: bool = True,
+                  memory: bool = True, progress: bool = False) -> Profile:
+    """Profile ``model``: counts at the paper and NTIRE conventions, and at ``input_hw`` (default:
+    the paper's LR size) the peak memory and runtime on ``device``."""
+    scale = int(getattr(model, "scale", 1))
+    paper_hw = paper_input_hw(scale)
+    paper = count_ops(model, paper_hw)
+    ntire = count_ops(model, (NTIRE_LR, NTIRE_LR))
+    input_hw = tuple(input_hw or paper_hw)
+    at = paper if input_hw == paper_hw else count_ops(model, input_hw)
+    dev = torch.device(device)
+    mem = None
+    mem_src = ""
+    rt = None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BsrnError(f"device {device!r} requested but CUDA is not available")
+    if memory or runtime:
+        m = model.eval().to(dev)
+        for p in m.parameters():
+            p.requires_grad_(False)
+        x = torch.rand(1, _in_channels(model), *input_hw, device=dev)
+        if memory and dev.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(dev)
+            with torch.no_grad():
+                m(x)
+            torch.cuda.synchronize(dev)
+            mem = torch.cuda.max_memory_allocated(dev) / 2 ** 20
+            mem_src = "torch.cuda.max_memory_allocated"
+        if runtime:
+            rt = time_forward(m, x, repeat, warmup, progress).to_dict()
+    if memory and mem is None:
+        mem = estimate_peak_memory(model, input_hw) / 2 ** 20
+        mem_src = "live-tensor tracker on the meta device (estimate, fp32)"
+
+    def block(c: OpCounts) -> dict:
+        d = c.to_dict()
+        d["input_hw"], d["output_hw"] = _fmt_hw(c.input_hw), _fmt_hw(c.output_hw)
+        return d
+
+    return Profile(name or type(model).__name__, scale, count_params(model),
+                   paper.macs + paper.bias_adds, paper.macs, ntire.ntire_flops,
+                   ntire.activations, ntire.convs, mem, rt,
+                   paper=block(paper), ntire=block(ntire), at_input=block(at), device=str(dev),
+                   memory_source=mem_src, conventions=dict(CONVENTIONS))
+
+
+def format_profile(p: Profile) -> str:
+    """A human-readable report of a Profile."""
+    lines = [f"{p.model} x{p.scale}",
+             f"  params            {p.params:,} ({p.params / 1e3:.1f} K)",
+             f"  Multi-Adds        {p.multi_adds / 1e9:.2f} G  (paper: MACs + bias adds, "
+             f"LR {p.paper['input_hw']} -> HR {p.paper['output_hw']})",
+             f"  MACs (no bias)    {p.macs / 1e9:.2f} G",
+             f"  FLOPs (NTIRE)     {p.flops / 1e9:.2f} G  (MACs + ReLU family, LR 256x256)",
+             f"  #Acts (NTIRE)     {p.activations / 1e6:.2f} M",
+             f"  #Conv (NTIRE)     {p.convs}"]
+    kinds = ", ".join(f"{k} {v / 1e9:.2f}G" for k, v in sorted(p.paper["by_kind"].items(),
+                                                               key=lambda kv: -kv[1]))
+    lines.append(f"  MACs by layer     {kinds}")
+    if p.memory_mb is not None:
+        lines.append(f"  peak memory       {p.memory_mb:.1f} MiB at LR {p.at_input['input_hw']} "
+                     f"({p.memory_source})")
+    if p.runtime_ms:
+        r = p.runtime_ms
+        lines.append(f"  runtime           mean {r['mean']:.2f} ms, median {r['median']:.2f}, "
+                     f"p90 {r['p90']:.2f} ({r['repeat']} runs after {r['warmup']} warm-up, "
+                     f"{r['timer']}, {p.device}, LR {p.at_input['input_hw']})")
+        if r.get("first") is not None:
+            lines.append(f"  first call        {r['first']:.2f} ms (NTIRE: no warm-up)")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- entry points
+def parse_hw(text: str) -> tuple[int, int]:
+    """'HxW' (e.g. '180x320') -> (H, W)."""
+    try:
+        h, w = (int(v) for v in str(text).lower().replace("*", "x").split("x"))
+    except ValueError:
+        raise BsrnError(f"size {text!r} is not HxW (e.g. 180x320)") from None
+    if h < 1 or w < 1:
+        raise BsrnError(f"size {text!r} must be positive")
+    return h, w
+
+
+def resolve_model(model: str | None = None, weights: str | None = None, scale: int | None = None,
+                  args: dict | None = None) -> tuple[nn.Module, str]:
+    """A registry preset (random weights: counts do not depend on them) or a weights file /
+    bundled name -> (model, label)."""
+    if (model is None) == (weights is None):
+        raise BsrnError("give exactly one of a model name (--model) or weights (--weights)")
+    if weights is not None:
+        from .checkpoint import load_model
+
+        return load_model(weights, scale=scale), str(weights)
+    from .models import create_model
+
+    try:
+        net = create_model(model, scale=scale or 4, **(args or {}))
+    except KeyError as e:
+        raise BsrnError(str(e).strip("\"'")) from None
+    except (TypeError, ValueError) as e:
+        raise BsrnError(f"model {model}: {e}") from None
+    return net, model
+
+
+def output_to_input(output_hw: tuple[int, int], scale: int) -> tuple[int, int]:
+    """LR (H, W) for an HR output size; the HR size must be divisible by the scale... or it is
+    rounded as in the paper's 1280x720 at x3 (427x240)."""
+    return round(output_hw[0] / scale), round(output_hw[1] / scale)
+
+
+def write_profile_json(p: Profile, path) -> None:
+    """Write one profile as a JSON object, atomically."""
+    import json
+
+    from .checkpoint import atomic_write
+
+    text = json.dumps(p.to_dict(), indent=2) + "\n"
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    atomic_write(path, write)
+
+
+# ----------------------------------------------------------------------------- NTIRE protocol
+@dataclass
+class NtireFolder:
+    """RGB PSNR and runtime of one model over one validation folder (NTIRE 2022 protocol)."""
+
+    folder: str
+    images: int
+    psnr: float
+    runtime_ms: float
+    per_image: list = field(default_factory=list, repr=False)
+
+
+def ntire_pairs(folder, hr: str | None = None, lr: str | None = None, scale: int = 4):
+    """(name, HR path, LR path) for a validation folder.
+
+    Layouts: ``DIR/HR`` + ``DIR/LR_bicubic/X4/<n>x4.png`` (EDSR pack); ``DIR/DIV2K_valid_HR`` +
+    ``DIR/DIV2K_valid_LR_bicubic/X4`` (DIV2K); or explicit ``hr``/``lr`` folders. LR files are
+    named ``<n>x4.png`` or ``<n>.png``.
+    """
+    from pathlib import Path
+
+    from .evaluate import list_images
+
+    if hr is None:
+        d = Path(folder)
+        if not d.is_dir():
+            raise BsrnError(f"{d}: no such folder")
+        cands = [(d / "HR", d / "LR_bicubic" / f"X{scale}"),
+                 (d / "DIV2K_valid_HR", d / "DIV2K_valid_LR_bicubic" / f"X{scale}"),
+                 (d / "DIV2K_test_HR", d / "DIV2K_test_LR_bicubic" / f"X{scale}")]
+        for h, lo in cands:
+            if h.is_dir() and lo.is_dir():
+                hr, lr = h, lo
+                break
+        else:
+            raise BsrnError(f"{d}: expected HR/ and LR_bicubic/X{scale}/ (or DIV2K_valid_HR/ and "
+                            f"DIV2K_valid_LR_bicubic/X{scale}/)")
+    hr, lr = Path(hr), Path(lr)
+    pairs = []
+    for p in list_images(hr):
+        for cand in (lr / f"{p.stem}x{scale}{p.suffix}", lr / f"{p.stem}x{scale}.png",
+                     lr / p.name):
+            if cand.is_file():
+                pairs.append((p.stem, p, cand))
+                break
+        else:
+            raise BsrnError(f"{p}: no LR file {p.stem}x{scale}.png in {lr}")
+    if not pairs:
+        raise BsrnError(f"{hr}: no images found")
+    return pairs
+
+
+def bench_ntire(model: nn.Module, folders, device="cpu", warmup: int = 0,
+                limit: int | None = None, progress: bool = True, border: int = 4):
+    """Run the NTIRE 2022 efficient-SR protocol on each folder: one whole-image forward per LR
+    image (batch 1), timed alone (CUDA events on GPU), no warm-up unless asked; SR rounded to
+    uint8 and scored by RGB PSNR against the HR modcropped to the scale, ``border`` px cropped.
+    ``folders`` are folder paths or (hr_dir, lr_dir) pairs. Returns a list of NtireFolder."""
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from .image_io import read_rgb_uint8
+    from .imresize import modcrop
+    from .metrics import psnr, tensor_to_uint8, uint8_to_tensor
+
+    dev = torch.device(device)
+    model = model.eval().to(dev)
+    s = model.scale
+    jobs = []
+    for f in folders:
+        if isinstance(f, (tuple, list)):
+            jobs.append((f"{Path(f[0]).name}", ntire_pairs(None, f[0], f[1], s)))
+        else:
+            jobs.append((Path(f).name, ntire_pairs(f, scale=s)))
+    results = []
+    with torch.no_grad():
+        for name, pairs in jobs:
+            pairs = pairs[:limit]
+            if warmup:
+                x = uint8_to_tensor(read_rgb_uint8(pairs[0][2])).to(dev)
+                for _ in range(warmup):
+                    model(x)
+            rows = []
+            for stem, hp, lp in tqdm(pairs, desc=f"NTIRE {name}", unit="img",
+                                     disable=not progress, leave=False):
+                hr = modcrop(read_rgb_uint8(hp), s)
+                lr = read_rgb_uint8(lp)
+                if lr.shape[0] * s != hr.shape[0] or lr.shape[1] * s != hr.shape[1]:
+                    raise BsrnError(f"{lp}: size {lr.shape[1]}x{lr.shape[0]} does not match "
+                                    f"{hp.name} at x{s}")
+                x = uint8_to_tensor(lr).to(dev)
+                y, ms = _time_once(model, x)
+                sr = tensor_to_uint8(y)
+                rows.append({"image": stem, "psnr": psnr(sr, hr, border, y_channel=False),
+                             "runtime_ms": ms, "lr_hw": list(lr.shape[:2])})
+            results.append(NtireFolder(name, len(rows),
+                                       statistics.fmean(r["psnr"] for r in rows),
+                                       statistics.fmean(r["runtime_ms"] for r in rows), rows))
+    return results
+
+
+def _time_once(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """One forward, timed alone (CUDA events + synchronize on GPU): (output, ms)."""
+    if x.device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        y = model(x)
+        end.record()
+        torch.cuda.synchronize(x.device)
+        ms = float(start.elapsed_time(end))
+    else:
+        t0 = time.perf_counter()
+        y = model(x)
+        ms = (time.perf_counter() - t0) * 1e3
+    return y, ms
+
+
+NTIRE_PROTOCOL = ("NTIRE 2022 protocol: x4, batch 1, whole LR image, forward timed alone "
+                  "(CUDA events + synchronize on GPU, perf_counter on CPU), no warm-up unless "
+                  "--warmup; SR clamped and rounded to uint8; PSNR on RGB (not Y) against HR "
+                  "modcropped to 4, border 4. Ave. time = mean over the folders' mean times. "
+                  "FLOPs = MACs at 3x256x256 LR; #Acts/#Conv: Conv2d outputs/calls. Memory: "
+                  "CUDA max_memory_allocated after the pass, or a CPU estimate at the largest "
+                  "LR image.")
+
+
+def ntire_report(model: nn.Module, label: str, folders, device="cpu", warmup: int = 0,
+                 limit: int | None = None, progress: bool = True) -> dict:
+    """bench_ntire plus the challenge's efficiency columns, as one dict."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.cuda.reset_peak_memory_stats(dev)
+    res = bench_ntire(model, folders, dev, warmup, limit, progress)
+    counts = count_ops(model, (NTIRE_LR, NTIRE_LR))
+    if dev.type == "cuda":
+        mem, src = torch.cuda.max_memory_allocated(dev) / 2 ** 20, "torch.cuda.max_memory_allocated"
+    else:
+        big = max((tuple(r["lr_hw"]) for f in res for r in f.per_image),
+                  key=lambda hw: hw[0] * hw[1])
+        mem = estimate_peak_memory(model, big) / 2 ** 20
+        src = f"live-tensor estimate at the largest LR image {big[0]}x{big[1]}"
+    return {"model": label, "scale": model.scale, "device": str(dev), "warmup": warmup,
+            "folders": [asdict(f) for f in res],
+            "psnr": [f.psnr for f in res],
+            "runtime_ms": statistics.fmean(f.runtime_ms for f in res),
+            "params": count_params(model), "flops": counts.ntire_flops,
+            "activations": counts.activations, "convs": counts.convs,
+            "memory_mb": mem, "memory_source": src, "protocol": NTIRE_PROTOCOL}
+
+
+def format_ntire(rows: list[dict]) -> str:
+    """Markdown table in the NTIRE 2022 report's columns."""
+    if not rows:
+        return ""
+    names = " / ".join(f["folder"] for f in rows[0]["folders"])
+    lines = [f"| Entry | PSNR ({names}) | Ave. time | Params | FLOPs | #Acts | Mem | #Conv |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ps = " / ".join(f"{p:.2f}" for p in r["psnr"])
+        lines.append(f"| {r['model']} | {ps} | {r['runtime_ms']:.2f} ms | "
+                     f"{r['params'] / 1e6:.3f} M | {r['flops'] / 1e9:.2f} G | "
+                     f"{r['activations'] / 1e6:.2f} M | {r['memory_mb']:.2f} MB | {r['convs']} |")
+    lines += ["", f"Device: {rows[0]['device']}. {NTIRE_PROTOCOL}"]
+    return "\n".join(lines)

@@ -1,0 +1,441 @@
+"""Tiled inference with bounded memory, exact for BSRN.
+
+Plain padded tiling (Real-ESRGAN style: run the whole network on each tile plus a halo, paste the
+centre) changes BSRN's output, because two parts of every ESDB look beyond any halo:
+
+- CCA gates each channel by its mean + std over the *whole* image;
+- ESA's context branch (stride-2 conv, 7/3 max-pool, three 3x3 convs at ~1/6 resolution,
+  bilinear back) spans ~60 LR px, and its pooling grid and interpolation ratio depend on the
+  whole image size, so no halo reproduces it.
+
+The exact mode (:func:`forward_tiled`, ``exact=True``) runs the network block by block over all
+tiles and keeps three whole-image feature maps (block state, ESA output, c1 accumulator):
+
+1. per tile, with a 4 px halo (the four 3x3 convs of an ESDB), the block body up to ``c5``;
+2. ESA's context on the whole image: conv1 and the stride-2 conv2 in row strips, then max-pool
+   and the 1/6-resolution convs on the small map (16 channels at 1/36 of the pixels: cheap);
+3. in row strips (pointwise from here): bilinear context for the strip rows, mask, ESA output,
+   and CCA's per-channel sums in float64; then the gate from the whole-image mean and std;
+4. in row strips: block output = ESA output x gate + block input, and the multi-level fusion
+   c1 is accumulated as ``acc += W_k B_k`` (c1 is linear) instead of storing all n outputs;
+5. per tile, with an 8 px halo: GELU(acc) -> c2 + long skip (fea_conv recomputed from the input
+   tile) -> upsampler, pasted into the output.
+
+The result equals the whole-image forward up to float summation order (max |diff| ~1e-6).
+Memory: 3 x C x 4 bytes per LR pixel (768 B at C=64) plus the output and one tile's working set,
+instead of the whole-image forward's ~7 kB per LR pixel.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+
+#: Halo of an ESDB body: four sequential 3x3 convs (c1_r, c2_r, c3_r, c4).
+BODY_HALO = 4
+#: Halo of the tail: fea_conv, c2 and the upsampler's convs (<= 4.25 LR px for every upsampler).
+TAIL_HALO = 8
+#: Default CPU activation budget for choose_tile (bytes).
+DEFAULT_CPU_BUDGET = 2 * 1024 ** 3
+#: Whole-image forward peak, bytes per LR pixel per feature channel (measured on CPU, fp32,
+#: BSRN x4: ~7.3 kB/px at C=64 -> 114 B/px/ch), with some headroom.
+_WHOLE_BYTES_PER_PX_CH = 128
+#: Per-tile working set of the exact engine, bytes per tile pixel per channel (measured).
+_TILE_BYTES_PER_PX_CH = 64
+
+
+# ----------------------------------------------------------------------------- helpers
+def spans(length: int, tile: int) -> list[tuple[int, int]]:
+    """Split ``range(length)`` into ceil(length / tile) nearly equal [a, b) spans."""
+    n = max(1, math.ceil(length / tile))
+    edges = [round(i * length / n) for i in range(n + 1)]
+    return [(edges[i], edges[i + 1]) for i in range(n)]
+
+
+def _grow(a: int, b: int, halo: int, length: int) -> tuple[int, int]:
+    return max(0, a - halo), min(length, b + halo)
+
+
+def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A 1x1 conv as a matmul over the channel dim (weight (Cout, Cin)); returns NHWC memory."""
+    y = F.linear(x.permute(0, 2, 3, 1), weight.to(x.dtype),
+                 None if bias is None else bias.to(x.dtype))
+    return y.permute(0, 3, 1, 2)
+
+
+def _bilinear_matrix(out_size: int, in_size: int, device, dtype=torch.float32) -> torch.Tensor:
+    """Rows of ``F.interpolate(mode="bilinear", align_corners=False)`` as a (out, in) matrix."""
+    scale = torch.tensor(float(in_size), dtype=torch.float32) / out_size
+    d = torch.arange(out_size, dtype=torch.float32)
+    src = (scale * (d + 0.5) - 0.5).clamp(min=0)
+    i0 = src.floor().long().clamp(max=in_size - 1)
+    lam = (src - i0.float()).clamp(0, 1)
+    i1 = (i0 + 1).clamp(max=in_size - 1)
+    m = torch.zeros(out_size, in_size)
+    rows = torch.arange(out_size)
+    m.index_put_((rows, i0), 1 - lam, accumulate=True)
+    m.index_put_((rows, i1), lam, accumulate=True)
+    return m.to(device=device, dtype=dtype)
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="tile", disable=not enabled, leave=False)
+
+
+# ----------------------------------------------------------------------------- stage adapters
+class _ESDBStages:
+    """The stages of one ESDB that the exact engine calls (see module docstring)."""
+
+    def __init__(self, blk):
+        self.blk = blk
+        self.attention = blk.attention
+        esa = blk.esa
+        self.has_esa = not isinstance(esa, nn.Identity)
+
+    def fused(self, x):
+        return self.blk.fused(x)
+
+    def esa_pre(self, f):
+        """(conv1(f), conv_f(conv1(f))): both pointwise."""
+        e = self.blk.esa
+        c1_ = e.conv1(f)
+        return c1_, e.conv_f(c1_)
+
+    def esa_conv1(self, f):
+        return self.blk.esa.conv1(f)
+
+    def esa_conv2(self, c1_):
+        return self.blk.esa.conv2(c1_)
+
+    def esa_context(self, c2):
+        e = self.blk.esa
+        v = e.maxPooling(c2)
+        v = e.act(e.conv_max(v))
+        c3 = e.act(e.conv3(v))
+        return e.conv3_(c3)
+
+    def esa_mask(self, up, cf):
+        return torch.sigmoid(self.blk.esa.conv4(up + cf))
+
+    def cca_gate(self, stats):
+        return self.blk.cca.gate(stats)
+
+    def cw_out(self, e):
+        return self.blk.conv_out(e * self.blk.cw)
+
+
+class _BSRNStages:
+    """Whole-network stages of a ``BSRN`` for the exact engine."""
+
+    def __init__(self, model):
+        self.model = model
+        cfg = model.cfg
+        self.replicate = cfg.replicate
+        self.blocks = [_ESDBStages(b) for b in model.blocks()]
+        w = model.c1.weight
+        self.c1_weight = w.reshape(w.shape[0], w.shape[1])
+        self.c1_bias = model.c1.bias
+        self.num_feat = cfg.num_feat
+        self.channels_last = False
+
+    def head(self, x):
+        if self.replicate > 1:
+            x = torch.cat([x] * self.replicate, dim=1)
+        return self.model.fea_conv(x)
+
+    def tail(self, acc, fea):
+        m = self.model
+        return m.upsampler(m.c2(m.act(acc)) + fea)
+
+
+def _stages(model):
+    """Exact-tiling stages for ``model``, or None when it is not a BSRN-family network."""
+    if hasattr(model, "tiling_stages"):
+        return model.tiling_stages()
+    from .models.bsrn import BSRN
+
+    if isinstance(model, BSRN):
+        return _BSRNStages(model)
+    return None
+
+
+# ----------------------------------------------------------------------------- naive tiling
+def _forward_naive(model, x, tile, tile_pad, progress):
+    n, _, h, w = x.shape
+    s = model.scale
+    out = None
+    ys, xs = spans(h, tile), spans(w, tile)
+    with _progress(len(ys) * len(xs), progress, "tiles") as bar:
+        for a, b in ys:
+            for c, d in xs:
+                a0, b0 = _grow(a, b, tile_pad, h)
+                c0, d0 = _grow(c, d, tile_pad, w)
+                y = model(x[:, :, a0:b0, c0:d0])
+                if out is None:
+                    out = x.new_empty((n, y.shape[1], h * s, w * s), dtype=torch.float32)
+                out[:, :, a * s:b * s, c * s:d * s] = y[:, :, (a - a0) * s:(b - a0) * s,
+                                                         (c - c0) * s:(d - c0) * s]
+                bar.update()
+    return out
+
+
+# ----------------------------------------------------------------------------- exact tiling
+def _strip_rows(tile: int, w: int) -> int:
+    """Rows per pointwise strip: about tile^2 pixels, at least 8 rows."""
+    return max(8, (tile * tile) // max(1, w))
+
+
+def _forward_exact(st, x, tile, progress):
+    n, _, h, w = x.shape
+    dev = x.device
+    fmt = torch.channels_last if st.channels_last else torch.contiguous_format
+    c = st.num_feat
+    ys, xs = spans(h, tile), spans(w, tile)
+    tiles = [(a, b, cc, d) for a, b in ys for cc, d in xs]
+    rows = _strip_rows(tile, w)
+    strips = [(a, min(h, a + rows)) for a in range(0, h, rows)]
+    nblk = len(st.blocks)
+
+    def buf():
+        return torch.empty((n, c, h, w), device=dev, dtype=torch.float32, memory_format=fmt)
+
+    feat, esa_out, acc = buf(), buf(), buf()
+    bar = _progress(len(tiles) * (nblk + 2), progress, "exact tiles")
+    # fea_conv: the first block input (also the long skip, recomputed per tile in the tail).
+    for a, b, cc, d in tiles:
+        a0, b0 = _grow(a, b, 1, h)
+        c0, d0 = _grow(cc, d, 1, w)
+        f = st.head(x[:, :, a0:b0, c0:d0])
+        feat[:, :, a:b, cc:d] = f[:, :, a - a0:b - a0, cc - c0:d - c0]
+        bar.update()
+    h2, w2 = (h - 3) // 2 + 1, (w - 3) // 2 + 1
+    for k, blk in enumerate(st.blocks):
+        # 1. block body up to c5, per tile with halo.
+        for a, b, cc, d in tiles:
+            a0, b0 = _grow(a, b, BODY_HALO, h)
+            c0, d0 = _grow(cc, d, BODY_HALO, w)
+            f = blk.fused(feat[:, :, a0:b0, c0:d0])
+            esa_out[:, :, a:b, cc:d] = f[:, :, a - a0:b - a0, cc - c0:d - c0]
+            bar.update()
+        # 2. ESA context on the whole image (conv2 in strips aligned to its stride).
+        if blk.has_esa:
+            c2 = None
+            orows = max(1, rows // 2)
+            for i0 in range(0, h2, orows):
+                i1 = min(h2, i0 + orows)
+                c1_ = blk.esa_conv1(esa_out[:, :, 2 * i0:2 * (i1 - 1) + 3])
+                part = blk.esa_conv2(c1_)
+                if c2 is None:
+                    c2 = part.new_empty((n, part.shape[1], h2, w2))
+                c2[:, :, i0:i1] = part
+            c3 = blk.esa_context(c2).float()
+            rx = _bilinear_matrix(w, c3.shape[3], dev)
+            ry = _bilinear_matrix(h, c3.shape[2], dev)
+            c3w = torch.einsum("nchw,xw->nchx", c3, rx)  # (n, f, Hp, W)
+        # 3. ESA output in strips, and CCA sums.
+        s1 = torch.zeros((n, c), device=dev, dtype=torch.float64)
+        for a, b in strips:
+            e = esa_out[:, :, a:b]
+            if blk.has_esa:
+                _, cf = blk.esa_pre(e)
+                up = torch.einsum("yh,nchx->ncyx", ry[a:b], c3w)
+                e = e * blk.esa_mask(up.to(cf.dtype), cf)
+                esa_out[:, :, a:b] = e
+            if blk.attention == "cca":
+                s1 += e.sum(dim=(2, 3), dtype=torch.float64)
+        if blk.attention == "cca":
+            mu = s1 / (h * w)
+            s2 = torch.zeros_like(s1)
+            mu32 = mu[:, :, None, None]
+            for a, b in strips:
+                s2 += (esa_out[:, :, a:b].double() - mu32).pow(2).sum(dim=(2, 3))
+            stats = ((s2 / (h * w)).sqrt() + mu).float()[:, :, None, None]
+            gate = blk.cca_gate(stats).float()
+        # 4. block output and the c1 accumulation.
+        wk = st.c1_weight[:, k * c:(k + 1) * c]
+        for a, b in strips:
+            e = esa_out[:, :, a:b]
+            if blk.attention == "cca":
+                e = e * gate
+            elif blk.attention == "cw":
+                e = blk.cw_out(e)
+            fs = feat[:, :, a:b]
+            fs += e
+            contrib = _pointwise(fs, wk, st.c1_bias if k == 0 else None)
+            if k == 0:
+                acc[:, :, a:b] = contrib
+            else:
+                acc[:, :, a:b] += contrib
+    del feat, esa_out
+    # 5. tail per tile with halo.
+    s = None
+    out = None
+    for a, b, cc, d in tiles:
+        a0, b0 = _grow(a, b, TAIL_HALO, h)
+        c0, d0 = _grow(cc, d, TAIL_HALO, w)
+        y = st.tail(acc[:, :, a0:b0, c0:d0], st.head(x[:, :, a0:b0, c0:d0]))
+        if out is None:
+            s = y.shape[2] // (b0 - a0)
+            out = torch.empty((n, y.shape[1], h * s, w * s), device=dev, dtype=torch.float32)
+        out[:, :, a * s:b * s, cc * s:d * s] = y[:, :, (a - a0) * s:(b - a0) * s,
+                                                 (cc - c0) * s:(d - c0) * s]
+        bar.update()
+    bar.close()
+    return out
+
+
+def supports_exact(model: nn.Module) -> bool:
+    """Whether ``model`` has an exact tiled forward (BSRN family, incl. optimized BSRN)."""
+    return _stages(model) is not None
+
+
+@torch.no_grad()
+def forward_tiled(model: nn.Module, x: torch.Tensor, tile: int, tile_pad: int = 16,
+                  exact: bool = True, progress: bool = False) -> torch.Tensor:
+    """Super-resolve ``x`` (N, C, H, W in [0, 1]) tile by tile with bounded memory.
+
+    ``tile`` is the LR tile side in px. ``exact=True`` (BSRN family): block-by-block schedule
+    with whole-image CCA statistics and ESA context; output equals ``model(x)`` up to float
+    rounding; the halos are what the layers need, so ``tile_pad`` is not used. ``exact=False``:
+    padded tiling (each tile plus ``tile_pad`` px of context through the whole network, centre
+    pasted), which changes BSRN's output; models without an exact schedule fall back to it with
+    a warning. Returns float32 on x's device.
+    """
+    if tile is None or tile <= 0:
+        raise ConfigError(f"tile must be a positive number of pixels, got {tile}")
+    if x.dim() != 4:
+        raise ConfigError(f"expected a (N, C, H, W) tensor, got shape {tuple(x.shape)}")
+    h, w = x.shape[-2:]
+    min_size = getattr(model, "min_size", 1)
+    if h < min_size or w < min_size or (h <= tile and w <= tile):
+        return model(x).float()
+    st = _stages(model) if exact else None
+    if exact and st is None:
+        warnings.warn(f"{type(model).__name__} has no exact tiled forward; using padded tiling "
+                      f"(tile_pad={tile_pad}), which changes the output slightly", stacklevel=2)
+    if st is None:
+        tile = max(tile, min_size)
+        return _forward_naive(model, x, tile, tile_pad, progress)
+    return _forward_exact(st, x, max(tile, 16), progress)
+
+
+# ----------------------------------------------------------------------------- memory
+def _num_feat(model) -> int:
+    cfg = getattr(model, "cfg", None)
+    return int(getattr(cfg, "num_feat", 64))
+
+
+def estimate_whole_bytes(model: nn.Module, h: int, w: int) -> int:
+    """Rough peak activation bytes of a whole-image fp32 forward on an h x w LR image."""
+    c = _num_feat(model)
+    nblk = int(getattr(getattr(model, "cfg", None), "num_block", 8))
+    s = int(getattr(model, "scale", 4))
+    per_px = _WHOLE_BYTES_PER_PX_CH * c * max(1.0, nblk / 8) + 3 * s * s * 4
+    return int(h * w * per_px)
+
+
+def estimate_tiled_bytes(model: nn.Module, h: int, w: int, tile: int) -> int:
+    """Rough peak activation bytes of the exact tiled forward (3 maps + output + one tile)."""
+    c = _num_feat(model)
+    s = int(getattr(model, "scale", 4))
+    persistent = h * w * (3 * c * 4 + 3 * s * s * 4)
+    t = tile + 2 * TAIL_HALO
+    return int(persistent + t * t * c * _TILE_BYTES_PER_PX_CH * max(1, s * s // 4))
+
+
+def default_budget(device: torch.device) -> int:
+    """Activation budget: 80 % of free GPU memory on CUDA; BSRN_MEMORY_BUDGET (bytes, or with a
+    G/M suffix) or 2 GiB on CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.8)
+    env = os.environ.get("BSRN_MEMORY_BUDGET")
+    if env:
+        return parse_bytes(env)
+    return DEFAULT_CPU_BUDGET
+
+
+def parse_bytes(text: str) -> int:
+    """'2G', '512M', '1.5GiB' or a plain number of bytes -> int."""
+    t = str(text).strip().upper().removesuffix("IB").removesuffix("B")
+    mult = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+    try:
+        if t and t[-1] in mult:
+            return int(float(t[:-1]) * mult[t[-1]])
+        return int(float(t))
+    except ValueError as e:
+        raise ConfigError(f"cannot parse memory size {text!r} (e.g. 2G, 512M)") from e
+
+
+def choose_tile(model: nn.Module, h: int, w: int, device: str | torch.device = "cpu",
+                memory_budget_bytes: int | None = None) -> int | None:
+    """LR tile side for an h x w image, or None when the whole-image forward fits the budget.
+
+    The budget defaults to :func:`default_budget`. When even the exact engine's whole-image
+    maps exceed it, the smallest tile (64) is returned: memory is then dominated by those maps.
+    """
+    device = torch.device(device)
+    budget = memory_budget_bytes if memory_budget_bytes is not None else default_budget(device)
+    if estimate_whole_bytes(model, h, w) <= budget:
+        return None
+    for tile in (512, 384, 256, 192, 128, 96):
+        if estimate_tiled_bytes(model, h, w, tile) <= budget:
+            return tile
+    return 64
+
+
+def _is_oom(err: BaseException) -> bool:
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+
+
+def forward_auto(model: nn.Module, x: torch.Tensor, device: str | torch.device | None = None,
+                 precision: str = "fp32", tile: int | None = None, tile_pad: int = 16,
+                 exact: bool = True, memory_budget_bytes: int | None = None,
+                 progress: bool = False) -> torch.Tensor:
+    """Forward with automatic tiling; returns float32 on ``device``.
+
+    ``tile`` given: always tiled. Otherwise on CPU the tile comes from :func:`choose_tile` (None:
+    whole image); on CUDA the whole image is tried first and a CUDA out-of-memory error retries
+    tiled (tile from the free memory, halved on each further OOM down to 32 px).
+    Half precision is guarded by :func:`bsrn.precision.run` (fp32 retry on non-finite output).
+    """
+    from .precision import resolve_device, run
+
+    device = resolve_device(device) if device is not None else x.device
+    x = x.to(device)
+    _, _, h, w = x.shape
+
+    def tiled(t):
+        return lambda inp: forward_tiled(model, inp, t, tile_pad, exact=exact, progress=progress)
+
+    if tile:
+        return run(tiled(tile), x, precision, device)
+    if device.type != "cuda":
+        t = choose_tile(model, h, w, device, memory_budget_bytes)
+        return run(model if t is None else tiled(t), x, precision, device)
+    t = None
+    while True:
+        try:
+            return run(model if t is None else tiled(t), x, precision, device)
+        except RuntimeError as e:  # CUDA OOM: free the cache and retry with smaller tiles
+            if not _is_oom(e):
+                raise
+            torch.cuda.empty_cache()
+            if t is None:
+                t = choose_tile(model, h, w, device, memory_budget_bytes) or 512
+            elif t > 32:
+                t //= 2
+            else:
+                raise
+            warnings.warn(f"CUDA out of memory; retrying with {t} px tiles", RuntimeWarning,
+                          stacklevel=2)

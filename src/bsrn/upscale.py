@@ -1,0 +1,578 @@
+"""Upscaling as a product: any picture in, the same kind of picture out, ``scale`` times larger.
+
+- ``upscale(image, ...)``: one call for a PIL image, a numpy array or a torch tensor.
+- ``Upscaler``: keeps the (optimized) model loaded for repeated calls; also reads and writes
+  files (``upscale_file``).
+- ``upscale_files(inputs, output, upscaler, ...)``: the batch behind ``bsrn upscale``: files,
+  folders and globs, never overwriting inputs, atomic writes, a progress bar, one-line errors
+  and a summary.
+
+Colour goes through the network. Greyscale is replicated to RGB, super-resolved and averaged
+back to one channel. Alpha is upscaled separately, by the network (replicated to RGB, the
+default) or by MATLAB bicubic, and recombined; a constant alpha (e.g. fully opaque) stays
+exactly constant. Scales the weights do not provide natively (``scale=3`` with x4 weights, or
+1.5) run the network at its native scale and resize the result with MATLAB bicubic.
+"""
+from __future__ import annotations
+
+import glob
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import bundled_weights, load_model
+from .errors import BsrnError, CheckpointError, ConfigError, ImageError
+from .image_io import (DEFAULT_MAX_PIXELS, IMAGE_EXTS, Picture, picture_from_pil, read_image,
+                       stores_alpha, to_8bit, write_image)
+from .optimize import optimize as _optimize
+from .precision import resolve_device, resolve_precision
+from .tiling import forward_auto
+
+DEFAULT_SCALE = 4
+ALPHA_UPSAMPLERS = ("network", "bicubic")
+DEFAULT_ALPHA_UPSAMPLER = "network"
+SAMPLE = Path(__file__).parent / "samples" / "sample.png"
+_GLOB_CHARS = set("*?[")
+
+
+
+# ----------------------------------------------------------------------------- weights
+def _bundled_scales() -> dict[int, str]:
+    out = {}
+    for name in bundled_weights():
+        if name.startswith("bsrn-x") and name[6:].isdigit():
+            out[int(name[6:])] = name
+    return out
+
+
+def _default_weights(scale: float) -> str:
+    """The bundled ``bsrn-x{s}`` to use for output scale ``scale``: its own scale when bundled,
+    else the smallest bundled scale above it (the result is then resized), else the largest."""
+    bundled = _bundled_scales()
+    if not bundled:
+        raise CheckpointError("no bundled weights in this install (src/bsrn/weights/bsrn-x*."
+                              "safetensors); pass weights=/--weights FILE")
+    above = [s for s in bundled if s >= scale]
+    return bundled[min(above) if above else max(bundled)]
+
+
+def _check_scale(scale) -> float | None:
+    if scale is None:
+        return None
+    try:
+        s = float(scale)
+    except (TypeError, ValueError):
+        raise ConfigError(f"scale must be a number, got {scale!r}") from None
+    if not (0 < s <= 16) or math.isnan(s):
+        raise ConfigError(f"scale must be in (0, 16], got {scale}")
+    return int(s) if s.is_integer() else s
+
+
+# ----------------------------------------------------------------------------- the upscaler
+class Upscaler:
+    """A super-resolution model ready for repeated use on images of any kind.
+
+    ``weights``: a bundled name (``bsrn-x4``), any file ``load_model`` reads (official
+    checkpoints included) or a loaded model; None picks the bundled BSRN for ``scale``.
+    ``scale``: output scale; None means the weights' own scale (4 for the bundled default).
+    ``tile``/``tile_pad``: LR tile side and halo for tiled inference (None: automatic, whole
+    image when it fits memory). ``plain=True`` skips the exact inference rewrites of
+    ``bsrn.optimize``.
+    """
+
+    def __init__(self, weights=None, scale: float | None = None, device="auto",
+                 precision: str = "fp32", tile: int | None = None, tile_pad: int | None = None,
+                 alpha_upsampler: str = DEFAULT_ALPHA_UPSAMPLER, plain: bool = False,
+                 compile: bool = False):
+        scale = _check_scale(scale)
+        if alpha_upsampler not in ALPHA_UPSAMPLERS:
+            raise ConfigError(f"alpha_upsampler must be one of {', '.join(ALPHA_UPSAMPLERS)}, "
+                              f"got {alpha_upsampler!r}")
+        if tile is not None and tile < 0 or tile_pad is not None and tile_pad < 0:
+            raise ConfigError("tile and tile_pad must be >= 0")
+        self.device = resolve_device(device)
+        if self.device.type == "mps" and not torch.backends.mps.is_available():
+            raise ConfigError("device 'mps' requested but Apple MPS is not available here "
+                              "(use cpu or auto)")
+        self.precision = resolve_precision(precision, self.device)
+        if weights is None:
+            weights = _default_weights(scale or DEFAULT_SCALE)
+        if isinstance(weights, torch.nn.Module):
+            model = weights.eval().to(self.device)
+            self.weights = getattr(model, "source", type(model).__name__)
+        else:
+            model = load_model(weights, device=self.device)
+            self.weights = str(weights)
+        self.native_scale = int(model.scale)
+        try:
+            from .models import arch_of
+
+            self.arch = arch_of(model)
+        except Exception:  # noqa: BLE001 - only used for labels
+            self.arch = type(model).__name__.lower()
+        self.scale = scale if scale is not None else self.native_scale
+        if self.scale > self.native_scale:
+            warnings.warn(f"the weights are x{self.native_scale}: the remaining "
+                          f"x{self.scale / self.native_scale:g} to x{self.scale:g} is MATLAB "
+                          "bicubic, not super-resolution", stacklevel=2)
+        if not plain:
+            model = _optimize(model, device=str(self.device), precision=self.precision,
+                              compile=compile)
+        self.model = model
+        self.tile = tile or None
+        self.tile_pad = 16 if tile_pad is None else tile_pad
+        self.alpha_upsampler = alpha_upsampler
+
+    def describe(self) -> str:
+        """One line for logs: weights, architecture, scale, device, precision, tiling."""
+        tiling = f"{self.tile} px tiles" if self.tile else "automatic tiling"
+        return (f"{Path(self.weights).name} ({self.arch} x{self.native_scale}) -> "
+                f"x{self.scale:g} on {self.device}, {self.precision}, {tiling}")
+
+    def __repr__(self):
+        return (f"Upscaler(weights={self.weights!r}, scale={self.scale}, device={self.device}, "
+                f"precision={self.precision!r}, tile={self.tile})")
+
+    # -- core: planes in [0, 1]
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        """(height, width) of the output for an h x w input."""
+        if self.scale == self.native_scale:
+            return h * self.native_scale, w * self.native_scale
+        return max(1, round(h * self.scale)), max(1, round(w * self.scale))
+
+    def _net(self, x: torch.Tensor) -> torch.Tensor:
+        y = forward_auto(self.model, x, device=self.device, precision=self.precision,
+                         tile=self.tile, tile_pad=self.tile_pad)
+        return y.clamp(0, 1)
+
+    def upscale_planes(self, x: torch.Tensor) -> torch.Tensor:
+        """(1, C, H, W) float in [0, 1], C = 1 (grey), 2 (grey+alpha), 3 (RGB) or 4 (RGBA) ->
+        (1, C, H', W') float32 in [0, 1] on the model's device."""
+        if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] not in (1, 2, 3, 4):
+            raise ConfigError(f"expected a (1, C, H, W) tensor with C in 1..4, got "
+                              f"{tuple(x.shape)}")
+        x = x.to(self.device, torch.float32)
+        if not torch.isfinite(x).all():
+            raise ConfigError("the image has NaN or infinite values")
+        x = x.clamp(0, 1)
+        c = x.shape[1]
+        grey = c in (1, 2)
+        colour = x[:, :1].expand(-1, 3, -1, -1) if grey else x[:, :3]
+        out = self._net(colour)
+        if grey:
+            out = out.mean(dim=1, keepdim=True)
+        planes = [out]
+        if c in (2, 4):
+            planes.append(self._alpha(x[:, -1:]))
+        y = torch.cat(planes, dim=1) if len(planes) > 1 else out
+        if self.scale != self.native_scale:
+            y = self._resize(y, *self.output_size(*x.shape[-2:]))
+        return y
+
+    def _alpha(self, a: torch.Tensor) -> torch.Tensor:
+        s = self.native_scale
+        h, w = a.shape[-2:]
+        lo, hi = a.min(), a.max()
+        if lo == hi:  # fully opaque (or uniform): keep it exactly uniform
+            return a.new_full((1, 1, h * s, w * s), float(lo))
+        if self.alpha_upsampler == "network":
+            return self._net(a.expand(-1, 3, -1, -1)).mean(dim=1, keepdim=True)
+        from .imresize import imresize
+
+        up = imresize(a[0, 0].double().cpu().numpy(), output_shape=(h * s, w * s))
+        return torch.from_numpy(np.clip(up, 0, 1)).float().to(a.device)[None, None]
+
+    @staticmethod
+    def _resize(y: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        from .imresize import imresize
+
+        a = y[0].permute(1, 2, 0).double().cpu().numpy()
+        r = np.clip(imresize(a, output_shape=(h, w)), 0, 1)
+        return torch.from_numpy(r).float().permute(2, 0, 1)[None].to(y.device)
+
+    # -- kinds of images
+    def __call__(self, image):
+        return self.upscale(image)
+
+    def upscale(self, image):
+        """Upscale a PIL image, a numpy HxW/HxWxC array (uint8, uint16 or float in [0, 1]) or a
+        torch tensor (CHW or NCHW float in [0, 1]); returns the same kind, dtype and layout."""
+        if isinstance(image, torch.Tensor):
+            return self._upscale_tensor(image)
+        if isinstance(image, np.ndarray):
+            return self._upscale_array(image)
+        try:
+            from PIL import Image
+        except ImportError:  # pragma: no cover
+            Image = None
+        if Image is not None and isinstance(image, Image.Image):
+            return self._upscale_pil(image)
+        raise TypeError(f"cannot upscale a {type(image).__name__}; pass a PIL image, a numpy "
+                        "array or a torch tensor")
+
+    def upscale_picture(self, pic: Picture) -> Picture:
+        """Upscale a decoded ``Picture`` (uint8/uint16 HxWxC); ICC and EXIF are carried over."""
+        return Picture(self._upscale_array(pic.pixels), icc_profile=pic.icc_profile,
+                       exif=pic.exif, format=pic.format)
+
+    def _upscale_array(self, a: np.ndarray) -> np.ndarray:
+        if a.ndim not in (2, 3) or a.ndim == 3 and a.shape[2] not in (1, 2, 3, 4):
+            raise ConfigError(f"expected an HxW or HxWxC (C = 1..4) image array, got shape "
+                              f"{a.shape}")
+        if a.shape[0] == 0 or a.shape[1] == 0:
+            raise ConfigError(f"empty image array of shape {a.shape}")
+        if a.dtype == np.uint8:
+            peak = 255.0
+        elif a.dtype == np.uint16:
+            peak = 65535.0
+        elif a.dtype.kind == "f":
+            peak = None
+        else:
+            raise TypeError(f"unsupported array dtype {a.dtype} (uint8, uint16 or float)")
+        planes = a if a.ndim == 3 else a[:, :, None]
+        x = torch.from_numpy(np.ascontiguousarray(planes, dtype=np.float32))
+        if peak is not None:
+            x = x / peak
+        y = self.upscale_planes(x.permute(2, 0, 1)[None])[0].permute(1, 2, 0).cpu().numpy()
+        if peak is None:
+            out = y.astype(a.dtype, copy=False)
+        else:
+            out = np.floor(y * peak + 0.5).astype(a.dtype)
+        return out if a.ndim == 3 else out[:, :, 0]
+
+    def _upscale_tensor(self, t: torch.Tensor) -> torch.Tensor:
+        if not t.is_floating_point():
+            raise TypeError(f"expected a float tensor in [0, 1], got {t.dtype}")
+        if t.dim() == 3:
+            return self._upscale_tensor(t[None])[0]
+        if t.dim() != 4:
+            raise ConfigError(f"expected a CHW or NCHW tensor, got shape {tuple(t.shape)}")
+        outs = [self.upscale_planes(t[i:i + 1]) for i in range(t.shape[0])]
+        return torch.cat(outs).to(device=t.device, dtype=t.dtype)
+
+    def _upscale_pil(self, im):
+        from PIL import Image
+
+        pic = picture_from_pil(im)
+        out = self._upscale_array(pic.pixels)
+        if out.dtype == np.uint16:  # Pillow holds 16 bits only for greyscale
+            img = Image.fromarray(np.ascontiguousarray(out[:, :, 0]))
+        else:
+            img = Image.fromarray(np.ascontiguousarray(out if out.shape[2] > 1 else out[:, :, 0]),
+                                  mode=("L", "LA", "RGB", "RGBA")[out.shape[2] - 1])
+        if pic.icc_profile:
+            img.info["icc_profile"] = pic.icc_profile
+        return img
+
+    # -- files
+    def upscale_file(self, src, dst, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                     compare: bool = False) -> tuple[Picture, Picture, Path]:
+        """Read ``src``, upscale it and write ``dst`` atomically (format from its extension;
+        a JPEG or BMP destination for an image with alpha becomes .png). Returns (input, output,
+        written path). ``compare=True`` also writes ``<dst stem>_side_by_side.png``."""
+        pic = read_image(src, max_pixels=max_pixels)
+        out = self.upscale_picture(pic)
+        dst = Path(dst)
+        if out.has_alpha and not stores_alpha(dst):
+            dst = dst.with_suffix(".png")
+        write_image(dst, out.pixels, icc_profile=out.icc_profile, exif=out.exif)
+        if compare:
+            write_side_by_side(side_by_side_path(dst), pic, out,
+                               f"{self.arch.upper().replace('_', '-')} x{self.scale:g}")
+        return pic, out, dst
+
+
+# ----------------------------------------------------------------------------- one-call API
+_CACHE: dict = {}
+
+
+def upscale(image, scale: float | None = None, weights=None, tile: int | None = None,
+            tile_pad: int | None = None, precision: str = "fp32", device="auto",
+            alpha_upsampler: str = DEFAULT_ALPHA_UPSAMPLER, plain: bool = False):
+    """Upscale one image and return the same kind (PIL image, numpy array or torch tensor).
+
+    ``scale=None``: the weights' scale (bundled default: 4). With ``weights=None`` the bundled
+    ``bsrn-x{scale}`` is used. The last model is cached, so repeated calls do not reload it;
+    use ``Upscaler`` to control that explicitly.
+    """
+    key = None
+    if not isinstance(weights, torch.nn.Module):
+        w = weights
+        if weights is not None and Path(weights).is_file():
+            w = (str(Path(weights).resolve()), Path(weights).stat().st_mtime_ns)
+        key = (w, scale, str(device), precision, tile, tile_pad, alpha_upsampler, plain)
+    up = _CACHE.get(key) if key is not None else None
+    if up is None:
+        up = Upscaler(weights, scale=scale, device=device, precision=precision, tile=tile,
+                      tile_pad=tile_pad, alpha_upsampler=alpha_upsampler, plain=plain)
+        if key is not None:
+            _CACHE.clear()
+            _CACHE[key] = up
+    return up.upscale(image)
+
+
+# ----------------------------------------------------------------------------- side by side
+def side_by_side_path(dst: str | os.PathLike) -> Path:
+    dst = Path(dst)
+    return dst.with_name(f"{dst.stem}_side_by_side.png")
+
+
+def _for_display(a: np.ndarray) -> np.ndarray:
+    """uint8 RGB for viewing: 16 bits rounded to 8, grey replicated, alpha over white."""
+    if a.dtype == np.uint16:
+        a = to_8bit(a)
+    c = a.shape[2]
+    if c in (2, 4):
+        alpha = a[:, :, -1:].astype(np.float32) / 255
+        a = np.floor(a[:, :, :-1] * alpha + 255 * (1 - alpha) + 0.5).astype(np.uint8)
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    return a
+
+
+def side_by_side(lr: np.ndarray, sr: np.ndarray, label: str = "BSRN") -> np.ndarray:
+    """A labelled comparison image: MATLAB-bicubic upscale of ``lr`` | ``sr`` (uint8 RGB)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from .imresize import imresize
+
+    sr8 = _for_display(sr)
+    h, w = sr8.shape[:2]
+    bic = imresize(_for_display(lr), output_shape=(h, w))
+    gap = max(4, w // 100)
+    band = max(28, h // 16)
+    canvas = Image.new("RGB", (2 * w + gap, h + band), "white")
+    canvas.paste(Image.fromarray(bic), (0, band))
+    canvas.paste(Image.fromarray(sr8), (w + gap, band))
+    draw = ImageDraw.Draw(canvas)
+    try:
+        font = ImageFont.load_default(size=int(band * 0.7))
+    except (TypeError, OSError):  # Pillow without FreeType: fixed small bitmap font
+        font = ImageFont.load_default()
+    for x0, text in ((0, f"bicubic x{w / lr.shape[1]:g}"), (w + gap, label)):
+        draw.text((x0 + w // 2, band // 2), text, fill="black", font=font, anchor="mm")
+    return np.asarray(canvas)
+
+
+def write_side_by_side(path, lr: Picture, sr: Picture, label: str = "BSRN") -> Path:
+    write_image(path, side_by_side(lr.pixels, sr.pixels, label))
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------- batches
+@dataclass
+class Job:
+    src: Path
+    dst: Path
+
+
+@dataclass
+class BatchResult:
+    """What ``upscale_files`` did: written outputs, skipped ones, failures with messages."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    in_pixels: int = 0
+    out_pixels: int = 0
+    seconds: float = 0.0
+    scale: float = DEFAULT_SCALE
+    extra: list[Path] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def summary(self) -> str:
+        n = len(self.written)
+        s = (f"{n} image{'s' if n != 1 else ''} upscaled x{self.scale:g} "
+             f"({self.in_pixels / 1e6:.2f} MP -> {self.out_pixels / 1e6:.2f} MP) "
+             f"in {self.seconds:.1f} s")
+        if self.skipped:
+            s += f", {len(self.skipped)} skipped (output exists)"
+        if self.failed:
+            s += f", {len(self.failed)} failed"
+        return s
+
+
+def _is_image_name(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_EXTS
+
+
+def _inside(f: Path, folder: Path) -> bool:
+    try:
+        Path(os.path.abspath(f)).relative_to(os.path.abspath(folder))
+        return True
+    except ValueError:
+        return False
+
+
+def _looks_like_output(f: Path, root: Path, output: Path | None, suffix: str) -> bool:
+    """Whether ``f``, found by scanning ``root``, is an earlier output of this same command:
+    inside an output folder nested in ``root``, or named ``*<suffix>`` when writing next to
+    the inputs (so a second run does not upscale the first run's results)."""
+    if output is None:
+        return False
+    if _norm(output) == _norm(root):
+        return bool(suffix) and f.stem.endswith(suffix)
+    return _inside(output, root) and _inside(f, output)
+
+
+def collect_inputs(inputs, recursive: bool = False, output: str | os.PathLike | None = None,
+                   suffix: str = "") -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
+    """Expand files, folders and globs -> ([(file, path relative to its output folder)],
+    [(input, problem)]). Folders and globs keep image extensions only; ``recursive`` descends
+    into sub-folders (and lets ``**`` in globs match them), mirrored in the output folder.
+    Earlier outputs of the same command (see ``_looks_like_output``) are left out of folders
+    and globs; files named explicitly are always taken."""
+    found, missing, seen = [], [], set()
+    output = Path(output) if output is not None else None
+
+    def add(f: Path, rel: Path):
+        key = os.path.normcase(os.path.abspath(f))
+        if key not in seen:
+            seen.add(key)
+            found.append((f, rel))
+
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files = sorted(f for f in (p.rglob("*") if recursive else p.iterdir())
+                           if f.is_file() and _is_image_name(f) and not f.name.startswith(".")
+                           and not _looks_like_output(f, p, output, suffix))
+            if not files:
+                missing.append((str(item), f"no images ({', '.join(IMAGE_EXTS)}) in this folder"
+                                + ("" if recursive else " (use --recursive for sub-folders)")))
+            for f in files:
+                add(f, f.relative_to(p))
+        elif p.is_file():
+            add(p, Path(p.name))
+        elif _GLOB_CHARS & set(str(item)):
+            matches = sorted(Path(m) for m in glob.glob(str(item), recursive=recursive))
+            files = [m for m in matches if m.is_file() and _is_image_name(m)
+                     and not _looks_like_output(m, m.parent, output, suffix)]
+            if not files:
+                missing.append((str(item), "no image files match this pattern"))
+            for f in files:
+                add(f, Path(f.name))
+        else:
+            missing.append((str(item), "no such file or folder"))
+    return found, missing
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _norm(p: Path) -> str:
+    return os.path.normcase(os.path.abspath(p))
+
+
+def plan_outputs(found: list[tuple[Path, Path]], output="results", suffix: str = "_x4",
+                 ext: str = "auto") -> list[Job]:
+    """Output path of each input: ``output/<relative folder>/<stem><suffix><ext>``; ``output``
+    with an image extension names the file itself (one input only)."""
+    out = Path(output)
+    if ext != "auto":
+        ext = "." + ext.lower().lstrip(".")
+        if ext not in IMAGE_EXTS:
+            raise ConfigError(f"--ext must be auto or one of "
+                              f"{', '.join(e[1:] for e in IMAGE_EXTS)}, got {ext[1:]!r}")
+    if _is_image_name(out) and not out.is_dir():
+        if len(found) > 1:
+            raise ConfigError(f"-o {output} names one file, but there are {len(found)} inputs; "
+                              "give a folder")
+        return [Job(f, out) for f, _ in found]
+    jobs = []
+    for f, rel in found:
+        e = ext if ext != "auto" else (f.suffix.lower() if _is_image_name(f) else ".png")
+        jobs.append(Job(f, out / rel.parent / f"{f.stem}{suffix}{e}"))
+    return jobs
+
+
+def upscale_files(inputs, output="results", upscaler: Upscaler | None = None, *,
+                  suffix: str | None = None, ext: str = "auto", overwrite: bool = False,
+                  skip_existing: bool = False, recursive: bool = False,
+                  max_pixels: int | None = DEFAULT_MAX_PIXELS, compare: bool = False,
+                  progress: bool = True, log=None, **upscaler_kwargs) -> BatchResult:
+    """Upscale files, folders and globs into ``output`` (see ``bsrn upscale --help``).
+
+    Inputs are never overwritten unless ``overwrite``; existing outputs are replaced unless
+    ``skip_existing``. A file that cannot be read or written is reported (one line through
+    ``log``) and the batch goes on; the result lists it under ``failed``.
+    """
+    if overwrite and skip_existing:
+        raise ConfigError("choose either --overwrite or --skip-existing, not both")
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    if log is None:
+        def log(msg):
+            from tqdm import tqdm
+
+            tqdm.write(msg, file=sys.stderr)
+    t0 = time.perf_counter()
+    if upscaler is None:
+        upscaler = Upscaler(**upscaler_kwargs)
+    if suffix is None:
+        suffix = f"_x{upscaler.scale:g}"
+    out_dir = None if _is_image_name(Path(output)) and not Path(output).is_dir() else output
+    found, missing = collect_inputs(inputs, recursive=recursive, output=out_dir, suffix=suffix)
+    if not found and missing:
+        if len(missing) == 1:
+            raise ImageError(f"{missing[0][0]}: {missing[0][1]}")
+        raise ImageError(f"no images found in {len(missing)} inputs "
+                         f"({', '.join(m for m, _ in missing[:4])}...)")
+    jobs = plan_outputs(found, output, suffix, ext)
+    result = BatchResult(scale=upscaler.scale)
+    for item, problem in missing:
+        result.failed.append((item, problem))
+        log(f"bsrn upscale: error: {item}: {problem}")
+    sources = {_norm(j.src) for j in jobs}
+    claimed: dict[str, Path] = {}
+
+    from tqdm import tqdm
+
+    for job in tqdm(jobs, desc="upscale", unit="img", disable=not progress, file=sys.stderr,
+                    dynamic_ncols=True):
+        problem = None
+        key = _norm(job.dst)
+        if key in claimed:
+            problem = f"output {job.dst} is also the output of {claimed[key]}; use --ext or -o"
+        elif (key in sources or _same_file(job.src, job.dst)) and not overwrite:
+            problem = (f"output {job.dst} would overwrite an input; pass --overwrite to replace "
+                       "it, or choose another -o/--suffix")
+        if problem:
+            result.failed.append((str(job.src), problem))
+            log(f"bsrn upscale: error: {job.src}: {problem}")
+            continue
+        claimed[key] = job.src
+        if skip_existing and job.dst.exists():
+            result.skipped.append(job.dst)
+            continue
+        try:
+            pic, out, written = upscaler.upscale_file(job.src, job.dst, max_pixels=max_pixels,
+                                                      compare=compare)
+        except (BsrnError, OSError, MemoryError, RuntimeError) as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if not isinstance(e, BsrnError):
+                msg = f"{job.src}: {type(e).__name__}: {msg}"
+            result.failed.append((str(job.src), msg))
+            log(f"bsrn upscale: error: {msg}")
+            continue
+        result.written.append(written)
+        if compare:
+            result.extra.append(side_by_side_path(written))
+        result.in_pixels += pic.pixels.shape[0] * pic.pixels.shape[1]
+        result.out_pixels += out.pixels.shape[0] * out.pixels.shape[1]
+    result.seconds = time.perf_counter() - t0
+    return result
