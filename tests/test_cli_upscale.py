@@ -11,7 +11,7 @@ from PIL import Image, ImageCms
 
 import bsrn
 from bsrn.cli import main
-from bsrn.image_io import read_image
+from bsrn.image_io import read_image, write_image
 
 RNG = np.random.default_rng(2)
 
@@ -163,6 +163,8 @@ def test_image_kinds_through_the_cli(tmp_path, capsys, weights):
     save(tmp_path / "in" / "grey.png", rgb()[:, :, 0])
     Image.fromarray(rgb()).quantize(8).save(tmp_path / "in" / "pal.png")
     save(tmp_path / "in" / "tiny.png", rgb(8, 8))
+    Image.fromarray(rgb(c=4), mode="CMYK").save(tmp_path / "in" / "cmyk.tif")
+    write_image(tmp_path / "in" / "rgb16.png", RNG.integers(0, 65536, (6, 7, 3), dtype=np.uint16))
     save(tmp_path / "in" / "ümlaut ß 写真.png")
     rc, _, err = run(capsys, weights, tmp_path / "in", "-o", tmp_path / "o")
     assert rc == 0, err
@@ -175,6 +177,9 @@ def test_image_kinds_through_the_cli(tmp_path, capsys, weights):
     assert read_image(o / "grey_x2.png").pixels.shape == (24, 20, 1)
     assert read_image(o / "pal_x2.png").pixels.shape == (24, 20, 3)
     assert size(o / "tiny_x2.png") == (16, 16)
+    assert read_image(o / "cmyk_x2.tif").pixels.shape == (24, 20, 3)
+    p16 = read_image(o / "rgb16_x2.png")
+    assert p16.pixels.dtype == np.uint16 and p16.pixels.shape == (12, 14, 3)
     assert size(o / "ümlaut ß 写真_x2.png") == (20, 24)
 
 

@@ -179,6 +179,8 @@ def format_table(study: str, summary: list[dict], budget: dict) -> str:
         lines.append(f"| {s['label']} | `{s['name']}` | {s['params'] / 1e3:.1f} K | "
                      f"{s['multi_adds'] / 1e9:.2f} G | {s['psnr']:.3f} | {spread} | {delta} | "
                      f"{s['train_seconds']:.0f} |")
+    if budget.get("bicubic_psnr") is not None:
+        lines.append(f"| bicubic (reference) | – | – | – | {budget['bicubic_psnr']:.3f} | | | |")
     lines += ["", f"Budget: {budget.get('describe', '')}"]
     if spec.get("paper"):
         lines += ["", f"Paper's conclusion: {spec['paper']}"]
@@ -207,13 +209,31 @@ def describe_budget(budget_path: Path, overrides: list[str]) -> dict:
          "scale": get("model.scale", 4), "patch": get("data.patch_size"),
          "batch": get("data.batch_size"), "iterations": get("train.iterations"),
          "lr": get("optim.lr"), "train": get("data.train"),
-         "dataset": Path(str(get("val.dataset", "val"))).name}
+         "dataset": Path(str(get("val.dataset", "val"))).name,
+         "val_path": get("val.dataset")}
     d["describe"] = (f"x{d['scale']}, LR patch {d['patch']}, batch {d['batch']}, "
                      f"{d['iterations']} iterations, lr {d['lr']}, train data "
                      f"{', '.join(Path(str(t)).name for t in (d['train'] or []))}, "
                      f"scored on {d['dataset']} (Y, crop = scale)"
                      + (f"; overrides {' '.join(overrides)}" if overrides else ""))
     return d
+
+
+def bicubic_psnr(dataset, scale: int, limit: int | None = None) -> float | None:
+    """Y-PSNR of MATLAB bicubic upscaling on the validation set (the floor every variant must
+    beat), with the same LR and protocol as ``bsrn eval``."""
+    if not dataset or not Path(dataset).is_dir():
+        return None
+    from .evaluate import has_lr_files, hr_dir, list_images, load_pair
+    from .imresize import imresize
+    from .metrics import psnr
+
+    src = "files" if has_lr_files(dataset, scale) else "matlab"
+    vals = []
+    for p in list_images(hr_dir(dataset))[:limit]:
+        hr, lr = load_pair(dataset, p, scale, src)
+        vals.append(psnr(imresize(lr, scale=scale), hr, scale, True))
+    return statistics.fmean(vals) if vals else None
 
 
 def run_study(study: str, budget: str, out_dir: str | os.PathLike | None = None,
@@ -234,6 +254,7 @@ def run_study(study: str, budget: str, out_dir: str | os.PathLike | None = None,
     budget_path = resolve_budget(budget)
     overrides = list(overrides)
     info = describe_budget(budget_path, overrides)
+    info["bicubic_psnr"] = bicubic_psnr(info["val_path"], info["scale"], eval_limit)
     out = Path(out_dir or Path("runs") / "ablate" / study / budget_path.stem)
     cache = out / "cache"
     cache.mkdir(parents=True, exist_ok=True)

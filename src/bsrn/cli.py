@@ -188,7 +188,7 @@ def _run_upscale(args):
         upscaler = Upscaler(args.weights, scale=args.scale, device=args.device,
                             precision=args.precision, tile=args.tile, tile_pad=args.tile_pad,
                             alpha_upsampler=args.alpha_upsampler, plain=args.plain,
-                            compile=args.compile)
+                            compile=args.compile, progress=not args.quiet)
         if not args.quiet:
             print(f"bsrn upscale: {upscaler.describe()}", file=sys.stderr)
         result = upscale_files(inputs, args.output, upscaler, suffix=args.suffix,
@@ -351,7 +351,7 @@ def _add_plot(sub):
                    metavar=("LABEL", "WEIGHTS"), help="a model to show (repeatable)")
     g.add_argument("--scale", type=int, default=4)
     g.add_argument("--crop", default=None, metavar="Y,X,H,W",
-                   help="HR crop (default: the window where bicubic is worst)")
+                   help="HR crop (default: the window where the first model gains most over bicubic)")
     g.add_argument("--crop-size", type=int, default=96)
     g.add_argument("--device", default="auto")
     g.add_argument("--out", required=True, metavar="FILE", help="output .png/.svg")

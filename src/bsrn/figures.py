@@ -125,7 +125,8 @@ def plot_tradeoff(points: list[Point], out_dir, dataset: str = "Set5", scale: in
             color = "#d62728" if hi else _COLORS[groups.index(p.group) % len(_COLORS)]
             ax.scatter(x, p.psnr, s=size * (2.2 if hi else 1), marker="*" if hi else "o",
                        color=color, alpha=0.85, edgecolors="black", linewidths=0.6, zorder=3)
-            ax.annotate(p.label, (x, p.psnr), textcoords="offset points", xytext=(6, 4),
+            off = 4 + 0.5 * (size * (2.2 if hi else 1)) ** 0.5
+            ax.annotate(p.label, (x, p.psnr), textcoords="offset points", xytext=(off, off * 0.6),
                         fontsize=8, color=color, fontweight="bold" if hi else "normal")
         ax.set_xlabel("Parameters (K)" if axis == "params" else
                       "Multi-Adds (G, 1280x720 output)")
@@ -176,9 +177,14 @@ def points_to_json(points: list[Point], path) -> None:
 
 
 # ----------------------------------------------------------------------------- comparison grid
-def pick_crop(hr: np.ndarray, base: np.ndarray, size: int) -> tuple[int, int, int, int]:
-    """The size x size window (stride size/4) where ``base`` (bicubic) is worst against HR."""
-    err = ((hr.astype(np.float64) - base.astype(np.float64)) ** 2).mean(axis=2)
+def pick_crop(hr: np.ndarray, base: np.ndarray, size: int,
+              other: np.ndarray | None = None) -> tuple[int, int, int, int]:
+    """The size x size window (stride size/4) where ``base`` (bicubic) is worst against HR, or,
+    given ``other`` (a model's SR), where ``other`` gains most over ``base``."""
+    def sq(a):
+        return ((hr.astype(np.float64) - a.astype(np.float64)) ** 2).mean(axis=2)
+
+    err = sq(base) if other is None else sq(base) - sq(other)
     h, w = err.shape
     size = min(size, h, w)
     step = max(1, size // 4)
@@ -197,6 +203,7 @@ def comparison_grid(hr_path, models: list[tuple[str, object]], out_path, lr_path
                     crop_size: int = 96, device="cpu") -> dict:
     """Crops of HR, MATLAB bicubic and each model's SR, captioned with Y-PSNR (crop border =
     scale) of the whole image and of the crop. ``models`` are (label, nn.Module or weights).
+    Default crop: the window where the first model gains most over bicubic.
     LR is ``lr_path`` or the MATLAB bicubic (double, rounded once) of the modcropped HR."""
     import matplotlib
 
@@ -222,7 +229,7 @@ def comparison_grid(hr_path, models: list[tuple[str, object]], out_path, lr_path
         if net.scale != scale:
             raise BsrnError(f"{label}: model is x{net.scale}, grid is x{scale}")
         panels.append((label, super_resolve(net.eval(), lr, device)))
-    y, x, h, w = crop or pick_crop(hr, bic, crop_size)
+    y, x, h, w = crop or pick_crop(hr, bic, crop_size, panels[2][1] if len(panels) > 2 else None)
     if y < 0 or x < 0 or y + h > hr.shape[0] or x + w > hr.shape[1]:
         raise BsrnError(f"crop {y},{x},{h},{w} lies outside the {hr.shape[0]}x{hr.shape[1]} image")
     info = {"image": str(hr_path), "crop": [y, x, h, w], "scale": scale, "panels": []}

@@ -269,10 +269,15 @@ def _decode_16bit_colour(im: Image.Image, path: Path) -> np.ndarray | None:
     tiles = [_with_rawmode(t, swapped) for t in im.tile]
     im.load()
     hi = np.asarray(im).astype(np.uint16)
-    with Image.open(path) as im2:
-        im2.tile = tiles
-        im2.load()
-        lo = np.asarray(im2).astype(np.uint16)
+    try:
+        with Image.open(path) as im2:
+            im2.tile = tiles
+            im2.load()
+            lo = np.asarray(im2).astype(np.uint16)
+    except Exception as e:  # noqa: BLE001 - a layout the trick does not cover: keep 8 bits
+        warnings.warn(f"{path}: read as 8 bits per channel; the low bytes of this 16-bit file "
+                      f"could not be decoded ({e})", stacklevel=3)
+        return hi * 257
     return (hi << 8) | lo
 
 
@@ -353,7 +358,7 @@ def write_image(path: str | os.PathLike, pixels: np.ndarray, icc_profile: bytes 
         a = a[:, :, [0, 0, 0, 1]]  # 16-bit grey+alpha TIFF is rarely readable; write RGBA
     if a.dtype == np.uint16 and c > 1:
         data = (_png16_bytes if fmt == "PNG" else _tiff16_bytes)(a, icc_profile)
-        _atomic_save(path, lambda tmp: Path(tmp).write_bytes(data))
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
         return
     if a.dtype == np.uint16:
         img = Image.fromarray(np.ascontiguousarray(a[:, :, 0]))
@@ -380,33 +385,15 @@ def write_image(path: str | os.PathLike, pixels: np.ndarray, icc_profile: bytes 
             img.save(tmp, format=fmt, **kw)
 
     try:
-        _atomic_save(path, save)
+        atomic_write(path, save)
     except (OSError, ValueError) as e:
         raise ImageError(f"{path}: cannot write image ({e})") from None
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_save(path, write) -> None:
-    """``atomic_write`` giving the file the usual permissions (0666 minus the umask) instead of
-    the 0600 of a temporary file."""
-    mode = 0o666 & ~_umask()
-
-    def write_and_chmod(tmp):
-        write(tmp)
-        os.chmod(tmp, mode)
-
-    atomic_write(path, write_and_chmod)
 
 
 def write_png(path: str | os.PathLike, arr: np.ndarray) -> None:
     """Write an HxW or HxWxC uint8 array as PNG, atomically."""
     img = Image.fromarray(arr)
-    _atomic_save(path, lambda tmp: img.save(tmp, format="PNG"))
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

@@ -10,8 +10,8 @@ Rewrites (each exact up to float summation order; ``optimize(..., rewrites=...)`
   non-oneDNN path; on a channels_last tensor the depthwise 3x3 also reaches oneDNN (NCHW
   depthwise on CPU is ~8x slower). This is the main CPU win.
 - ``hmerge``: ``c{i}_d`` and ``c{i}_r.pw`` read the same tensor, so they become one matmul with
-  dc + C outputs; ESA's ``conv1`` and ``conv_f`` are composed into ``c5`` the same way (c5 gets
-  C + 2f outputs).
+  dc + C outputs. ``esa_merge``: ESA's ``conv1`` and ``conv_f`` are composed into ``c5`` (c5 gets
+  C + 2f outputs). Both are off by default on CPU (see :func:`default_rewrites`).
 - ``accumulate``: the multi-level fusion ``c1`` over cat[B1..Bn] is accumulated block by block
   (acc += W_k B_k), so the n block outputs are never stored together.
 - ``dense``: a BSConvU (bias-free pointwise, then depthwise) becomes one dense kxk conv,
@@ -40,7 +40,7 @@ from .models.attention import channel_stats
 from .models.blocks import BSConvS, BSConvU, DSConv, pad_to_min
 from .precision import DTYPES, resolve_device, resolve_precision
 
-REWRITES = ("fold", "matmul", "hmerge", "accumulate", "dense")
+REWRITES = ("fold", "matmul", "hmerge", "esa_merge", "accumulate", "dense")
 
 # (device type, dtype, threads, cin, cout, k, stride, h, w) -> True when the dense conv is faster
 _FUSE_CACHE: dict[tuple, bool] = {}
@@ -300,7 +300,7 @@ class FastESDB(nn.Module):
         self.c5x = None
         if self.has_esa:
             self.esa = FastESA(blk.esa, cv, f"{name}.esa", size)
-            if "hmerge" in cv.rw:  # c5 -> [c5, conv1(c5), conv_f(conv1(c5))]
+            if "esa_merge" in cv.rw:  # c5 -> [c5, conv1(c5), conv_f(conv1(c5))]
                 w5, b5 = blk.c5.weight.reshape(c, -1), blk.c5.bias
                 w1, b1 = blk.esa.conv1.weight.reshape(-1, c), blk.esa.conv1.bias
                 f = w1.shape[0]
@@ -553,19 +553,33 @@ def _swap_pointwise(module: nn.Module) -> None:
             _swap_pointwise(child)
 
 
+def default_rewrites(device: torch.device) -> tuple[str, ...]:
+    """The rewrites used by default on ``device``.
+
+    CPU: everything but the horizontal merges: their outputs are channel slices of an NHWC
+    tensor, which the following depthwise conv / matmul must copy, and that costs more than the
+    saved reads (measured: 341 vs 418 ms thread time at 160x90, 1 thread). CUDA: all of them
+    (fewer kernel launches; not measured this session).
+    """
+    if device.type == "cuda":
+        return REWRITES
+    return tuple(r for r in REWRITES if r not in ("hmerge", "esa_merge"))
+
+
 def optimize(model: nn.Module, device: str | torch.device = "cpu", precision: str = "fp32",
-             compile: bool = False, rewrites=REWRITES, fuse: str | set = "auto",
-             sample_size: tuple[int, int] = (96, 96), cuda_graphs: bool = False) -> nn.Module:
+             compile: bool = False, rewrites=None, fuse: str | set = "auto",
+             sample_size: tuple[int, int] = (64, 64), cuda_graphs: bool = False) -> nn.Module:
     """Build the fast inference module for ``model`` on ``device`` (the source is not changed).
 
-    ``rewrites``: subset of :data:`REWRITES` (all by default). ``fuse``: "auto" (per-layer
-    micro-benchmark at ``sample_size``), "all", "none", or a set of layer names (e.g.
+    ``rewrites``: subset of :data:`REWRITES` (default: :func:`default_rewrites`). ``fuse``:
+    "auto" (per-layer micro-benchmark at ``sample_size``, capped at 64x64 px), "all", "none", or a set of layer names (e.g.
     {"B1.c1_r"}) for the BSConvU -> dense conv rewrite. ``precision``: fp32 / fp16 (CUDA) /
     bf16. ``compile``: wrap the forward in ``torch.compile``. ``cuda_graphs``: CUDA only (ignored
     elsewhere); replays a captured graph per input shape.
     """
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
+    rewrites = default_rewrites(device) if rewrites is None else tuple(rewrites)
     unknown = set(rewrites) - set(REWRITES)
     if unknown:
         raise ConfigError(f"unknown rewrites {sorted(unknown)}; choose from {', '.join(REWRITES)}")
@@ -575,8 +589,10 @@ def optimize(model: nn.Module, device: str | torch.device = "cpu", precision: st
     src_device = next(model.parameters()).device
     with torch.no_grad():
         if isinstance(model, BSRN):
-            fast = FastBSRN(model.to(device), device, precision, set(rewrites), fuse,
-                            tuple(sample_size))
+            area = sample_size[0] * sample_size[1]
+            k = max(1.0, (area / 4096) ** 0.5)
+            size = (max(16, int(sample_size[0] / k)), max(16, int(sample_size[1] / k)))
+            fast = FastBSRN(model.to(device), device, precision, set(rewrites), fuse, size)
         else:
             fast = FastGeneric(model.to(device), "matmul" in rewrites)
     model.to(src_device)

@@ -528,7 +528,9 @@ def resolve_model(model: str | None = None, weights: str | None = None, scale: i
     if weights is not None:
         from .checkpoint import load_model
 
-        return load_model(weights, scale=scale), str(weights)
+        from pathlib import Path
+
+        return load_model(weights, scale=scale), Path(str(weights)).stem
     from .models import create_model
 
     try:

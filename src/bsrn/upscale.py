@@ -10,8 +10,10 @@
 Colour goes through the network. Greyscale is replicated to RGB, super-resolved and averaged
 back to one channel. Alpha is upscaled separately, by the network (replicated to RGB, the
 default) or by MATLAB bicubic, and recombined; a constant alpha (e.g. fully opaque) stays
-exactly constant. Scales the weights do not provide natively (``scale=3`` with x4 weights, or
-1.5) run the network at its native scale and resize the result with MATLAB bicubic.
+exactly constant. Before the colour pass, fully transparent pixels take the colour of the
+visible pixels around them (``bleed_colour``), so hidden colour cannot fringe visible edges.
+Scales the weights do not provide natively (``scale=3`` with x4 weights, or 1.5) run the
+network at its native scale and resize the result with MATLAB bicubic.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .checkpoint import bundled_weights, load_model
 from .errors import BsrnError, CheckpointError, ConfigError, ImageError
@@ -75,6 +78,30 @@ def _check_scale(scale) -> float | None:
     return int(s) if s.is_integer() else s
 
 
+def bleed_colour(rgb: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """Give fully transparent pixels an average colour of the visible pixels around them
+    (push-pull over an image pyramid); visible pixels are returned unchanged.
+
+    The colour under alpha = 0 is arbitrary (often black) and a network's receptive field would
+    smear it across the upscaled edge as a dark fringe. ``rgb`` (1, C, H, W), ``visible``
+    (1, 1, H, W) bool.
+    """
+    if bool(visible.all()) or not bool(visible.any()):
+        return rgb
+    w = visible.to(rgb.dtype)
+    levels = [(rgb * w, w)]
+    while max(levels[-1][1].shape[-2:]) > 1:
+        c, w = levels[-1]
+        k = (min(2, w.shape[-2]), min(2, w.shape[-1]))
+        levels.append((F.avg_pool2d(c, k, ceil_mode=True), F.avg_pool2d(w, k, ceil_mode=True)))
+    c, w = levels[-1]
+    col = c / w.clamp_min(1e-12)
+    for c, w in reversed(levels[:-1]):
+        up = F.interpolate(col, size=c.shape[-2:], mode="nearest")
+        col = torch.where(w > 0, c / w.clamp_min(1e-12), up)
+    return torch.where(visible, rgb, col)
+
+
 # ----------------------------------------------------------------------------- the upscaler
 class Upscaler:
     """A super-resolution model ready for repeated use on images of any kind.
@@ -84,13 +111,13 @@ class Upscaler:
     ``scale``: output scale; None means the weights' own scale (4 for the bundled default).
     ``tile``/``tile_pad``: LR tile side and halo for tiled inference (None: automatic, whole
     image when it fits memory). ``plain=True`` skips the exact inference rewrites of
-    ``bsrn.optimize``.
+    ``bsrn.optimize``. ``progress=True`` shows a tile progress bar on images that are tiled.
     """
 
     def __init__(self, weights=None, scale: float | None = None, device="auto",
                  precision: str = "fp32", tile: int | None = None, tile_pad: int | None = None,
                  alpha_upsampler: str = DEFAULT_ALPHA_UPSAMPLER, plain: bool = False,
-                 compile: bool = False):
+                 compile: bool = False, progress: bool = False):
         scale = _check_scale(scale)
         if alpha_upsampler not in ALPHA_UPSAMPLERS:
             raise ConfigError(f"alpha_upsampler must be one of {', '.join(ALPHA_UPSAMPLERS)}, "
@@ -129,6 +156,7 @@ class Upscaler:
         self.tile = tile or None
         self.tile_pad = 16 if tile_pad is None else tile_pad
         self.alpha_upsampler = alpha_upsampler
+        self.progress = progress
 
     def describe(self) -> str:
         """One line for logs: weights, architecture, scale, device, precision, tiling."""
@@ -149,7 +177,7 @@ class Upscaler:
 
     def _net(self, x: torch.Tensor) -> torch.Tensor:
         y = forward_auto(self.model, x, device=self.device, precision=self.precision,
-                         tile=self.tile, tile_pad=self.tile_pad)
+                         tile=self.tile, tile_pad=self.tile_pad, progress=self.progress)
         return y.clamp(0, 1)
 
     def upscale_planes(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,6 +193,8 @@ class Upscaler:
         c = x.shape[1]
         grey = c in (1, 2)
         colour = x[:, :1].expand(-1, 3, -1, -1) if grey else x[:, :3]
+        if c in (2, 4):  # hidden colour must not bleed into visible edges: fill it first
+            colour = bleed_colour(colour, x[:, -1:] > 0)
         out = self._net(colour)
         if grey:
             out = out.mean(dim=1, keepdim=True)
@@ -203,7 +233,10 @@ class Upscaler:
 
     def upscale(self, image):
         """Upscale a PIL image, a numpy HxW/HxWxC array (uint8, uint16 or float in [0, 1]) or a
-        torch tensor (CHW or NCHW float in [0, 1]); returns the same kind, dtype and layout."""
+        torch tensor (CHW or NCHW float in [0, 1]); returns the same kind, dtype and layout.
+
+        PIL images are normalised like files: palette -> RGB(A), CMYK -> RGB, and an EXIF
+        orientation is applied, so the result is upright (it carries no EXIF)."""
         if isinstance(image, torch.Tensor):
             return self._upscale_tensor(image)
         if isinstance(image, np.ndarray):
@@ -337,12 +370,30 @@ def _for_display(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def side_by_side(lr: np.ndarray, sr: np.ndarray, label: str = "BSRN") -> np.ndarray:
-    """A labelled comparison image: MATLAB-bicubic upscale of ``lr`` | ``sr`` (uint8 RGB)."""
+SIDE_BY_SIDE_MAX = 1024
+"""Largest panel side of a side-by-side image; bigger results are shown as a centre crop."""
+
+
+def side_by_side(lr: np.ndarray, sr: np.ndarray, label: str = "BSRN",
+                 max_side: int = SIDE_BY_SIDE_MAX) -> np.ndarray:
+    """A labelled comparison image (uint8 RGB): MATLAB-bicubic upscale of ``lr`` | ``sr``.
+
+    Results larger than ``max_side`` px are compared on their centre crop (said in the label),
+    so the picture stays small enough to open.
+    """
     from PIL import Image, ImageDraw, ImageFont
 
     from .imresize import imresize
 
+    lh, lw = lr.shape[:2]
+    sh, sw = sr.shape[:2]
+    sy, sx = sh / lh, sw / lw
+    cropped = sh > max_side or sw > max_side
+    if cropped:  # centre crop, aligned on LR pixels
+        ch, cw = min(lh, max(1, int(max_side / sy))), min(lw, max(1, int(max_side / sx)))
+        y0, x0 = (lh - ch) // 2, (lw - cw) // 2
+        lr = lr[y0:y0 + ch, x0:x0 + cw]
+        sr = sr[round(y0 * sy):round((y0 + ch) * sy), round(x0 * sx):round((x0 + cw) * sx)]
     sr8 = _for_display(sr)
     h, w = sr8.shape[:2]
     bic = imresize(_for_display(lr), output_shape=(h, w))
@@ -353,10 +404,11 @@ def side_by_side(lr: np.ndarray, sr: np.ndarray, label: str = "BSRN") -> np.ndar
     canvas.paste(Image.fromarray(sr8), (w + gap, band))
     draw = ImageDraw.Draw(canvas)
     try:
-        font = ImageFont.load_default(size=int(band * 0.7))
+        font = ImageFont.load_default(size=int(band * 0.6))
     except (TypeError, OSError):  # Pillow without FreeType: fixed small bitmap font
         font = ImageFont.load_default()
-    for x0, text in ((0, f"bicubic x{w / lr.shape[1]:g}"), (w + gap, label)):
+    note = " (centre crop)" if cropped else ""
+    for x0, text in ((0, f"bicubic x{sx:.3g}{note}"), (w + gap, label + note)):
         draw.text((x0 + w // 2, band // 2), text, fill="black", font=font, anchor="mm")
     return np.asarray(canvas)
 
