@@ -126,6 +126,13 @@ def test_pooling_interpolation_and_elementwise_do_not_count():
     assert flop_counter_macs(net, (8, 8), in_ch=2) == conv
 
 
+def test_batchnorm_counts_in_ntire_only():
+    net = Wrap(nn.Conv2d(3, 4, 1, bias=False), nn.BatchNorm2d(4))
+    c = count_ops(net, (5, 5))
+    assert c.macs == 25 * 4 * 3
+    assert c.ntire_flops == 25 * 4 * 3 + 2 * (4 * 25)       # affine BN: 2 per input element
+
+
 def test_shared_activation_counts_every_call():
     class Twice(nn.Module):
         scale = 1
@@ -212,15 +219,25 @@ def test_ntire_linear_bug_explains_bsrn_s():
 
 def test_profile_cli_json(tmp_path):
     out = tmp_path / "p.json"
-    rc = main(["profile", "--model", "bsrn_s", "--input", "16x16", "--repeat", "1",
-               "--warmup", "0", "--json", str(out)])
+    threads = torch.get_num_threads()
+    try:  # one thread: tiny ops on a busy machine are slowed by thread hand-offs
+        rc = main(["profile", "--model", "bsrn", "--arg", "num_feat=8", "--arg", "num_block=1",
+                   "--input", "16x16", "--repeat", "2", "--warmup", "0", "--ntire-runtime",
+                   "--threads", "1", "--json", str(out)])
+    finally:
+        torch.set_num_threads(threads)
     assert rc == 0
     d = json.loads(out.read_text())
     for key in ("params", "multi_adds", "flops", "activations", "convs", "memory_mb",
                 "runtime_ms"):
         assert key in d
-    assert d["params"] == 156288 and d["convs"] == 43
-    assert d["runtime_ms"]["repeat"] == 1 and d["at_input"]["input_hw"] == "16x16"
+    assert d["params"] == count_params(create_model("bsrn", num_feat=8, num_block=1))
+    # Conv2d calls, BSConvU = 2: fea_conv 2; one ESDB = c{1,2,3}_d 3 + c{1,2,3}_r 6 + c4 2 + c5 1
+    # + ESA (conv1, conv_f, conv4 3 + four BSConvU 8) + CCA 2 = 25; c1 1, c2 2, upsampler 1.
+    # (8 ESDBs give 2 + 8 * 25 + 4 = 206, the reference's count for BSRN.)
+    assert d["convs"] == 2 + 25 + 1 + 2 + 1
+    assert d["at_input"]["input_hw"] == "16x16" and d["paper"]["input_hw"] == "180x320"
+    assert d["runtime_ms"]["repeat"] == 2 and d["runtime_ms"]["first"] > 0
 
 
 def test_profile_cli_errors(capsys):

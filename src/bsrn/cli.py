@@ -205,6 +205,55 @@ def _run_upscale(args):
     return 0 if result.ok else 1
 
 
+def _add_export(sub):
+    p = sub.add_parser(
+        "export", help="export weights to ONNX or TorchScript (verified after writing)",
+        description="Export a model to ONNX (input 'input', output 'output', NCHW float32 RGB "
+                    "in [0, 1], dynamic batch/height/width) or TorchScript, then check the file "
+                    "against PyTorch at several sizes (odd ones and batch 2 included).")
+    p.add_argument("out", metavar="OUT", help="output file (.onnx or .pt)")
+    p.add_argument("--weights", required=True, metavar="NAME|PATH",
+                   help="bundled name (bsrn-x2/3/4) or any weights file")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default=None,
+                   help="default: from OUT's extension (.onnx -> onnx, otherwise torchscript)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--dynamo", action="store_true",
+                   help="use the torch.export-based ONNX exporter (needs --opset >= 18)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--optimize", dest="optimize", action="store_true", default=None,
+                   help="export the exact inference rewrites (ONNX default)")
+    g.add_argument("--plain", dest="optimize", action="store_false",
+                   help="export the network as defined (TorchScript default)")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip the check against PyTorch")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args):
+    from .checkpoint import load_model, resolve_weights
+    from .export import export_onnx, export_torchscript
+
+    fmt = args.format or ("onnx" if str(args.out).lower().endswith(".onnx") else "torchscript")
+    model = load_model(resolve_weights(args.weights))
+    if fmt == "onnx":
+        opt = True if args.optimize is None else args.optimize
+        res = export_onnx(model, args.out, opset=args.opset, optimize=opt, dynamo=args.dynamo,
+                          verify=args.verify)
+        what = f"ONNX opset {args.opset}{' (dynamo)' if args.dynamo else ''}"
+    else:
+        res = export_torchscript(model, args.out, optimize=bool(args.optimize),
+                                 verify=args.verify)
+        what = "TorchScript"
+    kind = "optimized" if res.get("optimized") else "plain"
+    print(f"wrote {res['path']} ({what}, {kind}, x{model.scale}, inputs >= "
+          f"{getattr(model, 'min_size', 1)} px)")
+    if "max_abs_diff" in res:
+        checks = ", ".join(f"{k} {v:.1e}" for k, v in res["max_abs_diff"].items())
+        runtime = "onnxruntime CPU" if fmt == "onnx" else "torch.jit.load"
+        print(f"verified in {runtime} against PyTorch, max |diff| (NxHxW): {checks}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- profile / ablate
 def _kv(text):
     """KEY=VALUE with a YAML-typed value (num_feat=72, esa=false)."""
@@ -426,7 +475,7 @@ def _run_ablate(args):
 
 # ----------------------------------------------------------------------------- main
 _ADDERS = [_add_upscale, _add_eval, _add_make_lr, _add_train, _add_plot_log, _add_profile, _add_bench_ntire,
-           _add_plot, _add_ablate]
+           _add_plot, _add_ablate, _add_export]
 
 
 def build_parser() -> argparse.ArgumentParser:

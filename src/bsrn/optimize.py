@@ -15,13 +15,14 @@ Rewrites (each exact up to float summation order; ``optimize(..., rewrites=...)`
 - ``accumulate``: the multi-level fusion ``c1`` over cat[B1..Bn] is accumulated block by block
   (acc += W_k B_k), so the n block outputs are never stored together.
 - ``dense``: a BSConvU (bias-free pointwise, then depthwise) becomes one dense kxk conv,
-  W[o, i] = pw[o, i] * dw[o] (exact at any stride, incl. padding). Decided per layer shape by a
-  micro-benchmark on the device at hand (``fuse="auto"``, cached per device/dtype/shape/threads);
-  on CPU at 64 channels the separate pair wins, on tensor-core GPUs the dense conv is expected
-  to. Never applied to a pointwise with a bias (BSRN-S): the zero padding would then come after
+  W[o, i] = pw[o, i] * dw[o] (exact at any stride, incl. padding). Decided per layer by a
+  measured per-device policy (``fuse="policy"``: on CPU only fea_conv, whose folded pointwise has
+  3 inputs) or by a per-layer-shape micro-benchmark on the device at hand (``fuse="measure"``,
+  cached per device/dtype/shape/threads); on tensor-core GPUs the dense conv is expected to win. Never applied to a pointwise with a bias (BSRN-S): the zero padding would then come after
   the bias and the border would change.
 
-Switches: ``precision`` (weights and activations in fp16/bf16; CCA statistics stay fp32),
+Switches: ``precision`` (the forward runs under fp16/bf16 autocast; weights stay fp32, CCA
+statistics are computed in fp32; ``bsrn.precision.run`` can force an fp32 retry),
 ``compile=True`` (``torch.compile`` of the forward), ``cuda_graphs=True`` (CUDA only: one
 captured graph per input shape, replayed; shapes must repeat to pay off).
 """
@@ -38,7 +39,7 @@ from torch import nn
 from .errors import ConfigError
 from .models.attention import channel_stats
 from .models.blocks import BSConvS, BSConvU, DSConv, pad_to_min
-from .precision import DTYPES, resolve_device, resolve_precision
+from .precision import DTYPES, autocast, fp32_forced, resolve_device, resolve_precision
 
 REWRITES = ("fold", "matmul", "hmerge", "esa_merge", "accumulate", "dense")
 
@@ -125,24 +126,18 @@ class Seq(nn.Sequential):
 
 
 # ----------------------------------------------------------------------------- micro-benchmark
-def _time(fn, reps: int = 3) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return best
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 @torch.no_grad()
 def dense_is_faster(cin: int, cout: int, k: int, stride: int, size: tuple[int, int],
-                    device: torch.device, dtype: torch.dtype) -> bool:
+                    device: torch.device, dtype: torch.dtype, reps: int = 5) -> bool:
     """Micro-benchmark one BSConvU shape: is the fused dense conv faster than pw + dw here?
 
-    Cached per (device, dtype, threads, shape). Inputs are channels_last, as in the fast path.
+    Both variants run on channels_last input, interleaved ``reps`` times; medians compared, the
+    dense conv must win by 10 %. Cached per (device, dtype, threads, shape).
     """
     key = (device.type, str(dtype), torch.get_num_threads(), cin, cout, k, stride, *size)
     if key in _FUSE_CACHE:
@@ -154,16 +149,35 @@ def dense_is_faster(cin: int, cout: int, k: int, stride: int, size: tuple[int, i
     dense = torch.randn(cout, cin, k, k, device=device, dtype=dtype).contiguous(
         memory_format=torch.channels_last)
     pad = k // 2 if stride == 1 else 0
-
-    def sep():
-        return F.conv2d(pointwise(x, pw), dw, None, stride, pad, 1, cout)
-
-    def fused():
-        return F.conv2d(x, dense, None, stride, pad)
-
-    t_sep, t_dense = min(_time(sep), _time(sep)), min(_time(fused), _time(fused))
+    fns = (lambda: F.conv2d(pointwise(x, pw), dw, None, stride, pad, 1, cout),
+           lambda: F.conv2d(x, dense, None, stride, pad))
+    times = ([], [])
+    for f in fns:
+        f()
+    for _ in range(reps):
+        for f, t in zip(fns, times):
+            _sync(device)
+            t0 = time.perf_counter()
+            f()
+            _sync(device)
+            t.append(time.perf_counter() - t0)
+    t_sep, t_dense = (sorted(t)[len(t) // 2] for t in times)
     _FUSE_CACHE[key] = t_dense < 0.9 * t_sep
     return _FUSE_CACHE[key]
+
+
+def policy_dense(cin: int, cout: int, device: torch.device) -> bool:
+    """Per-device policy for the BSConvU -> dense rewrite, from measurements on CPU.
+
+    CPU (oneDNN, fp32, channels_last, 1 thread, 320x180): 64->64 separate 34 ms vs dense 54 ms;
+    64->32 8 vs 24 ms; 16->16 stride 2 and the 1/6-resolution ESA layers tie; fea_conv after
+    folding (3->64) separate 22 ms vs dense 3.6 ms (a K=3 matmul is inefficient). So on CPU only
+    layers with <= 8 input channels are fused. CUDA: all fused (dense convs use tensor cores,
+    depthwise does not; expected, not measured this session).
+    """
+    if device.type == "cuda":
+        return True
+    return cin <= 8
 
 
 # ----------------------------------------------------------------------------- layer conversion
@@ -178,18 +192,26 @@ class _Converter:
         return PW(conv_or_w, bias, "matmul" in self.rw)
 
     def want_dense(self, name: str, mod: BSConvU, size: tuple[int, int]) -> bool:
-        if "dense" not in self.rw or mod.pw.bias is not None:
+        if "dense" not in self.rw:
             return False
+        if mod.pw.bias is not None:  # fusing would move the bias inside the zero padding
+            self.decisions[name] = "separate"
+            return False
+        dw = mod.dw
         if isinstance(self.fuse, (set, frozenset, list, tuple)):
             ok = name in self.fuse
         elif self.fuse == "all":
             ok = True
         elif self.fuse == "none":
             ok = False
-        else:  # auto
-            dw = mod.dw
+        elif self.fuse == "measure":
             ok = dense_is_faster(mod.pw.in_channels, dw.out_channels, dw.kernel_size[0],
                                  dw.stride[0], size, self.device, self.dtype)
+        elif self.fuse == "policy":
+            ok = policy_dense(mod.pw.in_channels, dw.out_channels, self.device)
+        else:
+            raise ConfigError(f"fuse must be policy, measure, all, none or a set of layer names, "
+                              f"got {self.fuse!r}")
         self.decisions[name] = "dense" if ok else "separate"
         return ok
 
@@ -400,10 +422,10 @@ class _FastStages:
         self.channels_last = True
 
     def head(self, x):
-        return self.m.head(x.to(self.m.dtype).contiguous(memory_format=torch.channels_last))
+        return self.m.head(x.contiguous(memory_format=torch.channels_last))
 
     def tail(self, acc, fea):
-        return self.m.tail(acc.to(fea.dtype).contiguous(memory_format=torch.channels_last), fea)
+        return self.m.tail(acc.contiguous(memory_format=torch.channels_last), fea)
 
 
 class FastBSRN(nn.Module):
@@ -467,9 +489,11 @@ class FastBSRN(nn.Module):
                 wk = w[:, k * c:(k + 1) * c]
                 if acc is None:
                     acc = pointwise(out, wk, self.c1.bias)
-                else:  # acc += W_k B_k, in place on the contiguous NHWC view
+                elif acc.dtype == out.dtype == wk.dtype:  # acc += W_k B_k, in place (NHWC)
                     acc.permute(0, 2, 3, 1).reshape(-1, c).addmm_(
                         out.permute(0, 2, 3, 1).reshape(-1, c), wk.t())
+                else:  # under autocast: out-of-place, so the matmul is autocast too
+                    acc = acc + pointwise(out, wk)
         else:
             feats = []
             for blk in self.blocks:
@@ -481,20 +505,22 @@ class FastBSRN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         x, ph, pw = pad_to_min(x, self.min_size)
-        x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
-        if self.cuda_graphs and x.is_cuda and not torch.is_grad_enabled():
-            out = self._graph_forward(x)
-        elif self._compiled is not None:
-            out = self._compiled(x)
-        else:
-            out = self.core(x)
+        x = x.float().contiguous(memory_format=torch.channels_last)
+        half = self.precision != "fp32" and not fp32_forced()
+        with autocast(self.precision if half else "fp32", x.device):
+            if self.cuda_graphs and x.is_cuda and not torch.is_grad_enabled():
+                out = self._graph_forward(x, half)
+            elif self._compiled is not None:
+                out = self._compiled(x)
+            else:
+                out = self.core(x)
         if ph or pw:
             out = out[..., : h * self.scale, : w * self.scale]
         return out.float().contiguous()
 
     # CUDA graphs: one capture per input shape (LRU of 8), replayed with a static input buffer.
-    def _graph_forward(self, x):
-        key = (tuple(x.shape), x.dtype, x.device)
+    def _graph_forward(self, x, half):
+        key = (tuple(x.shape), x.dtype, x.device, half)
         entry = self._graphs.get(key)
         if entry is None:
             static_in = x.clone()
@@ -567,12 +593,13 @@ def default_rewrites(device: torch.device) -> tuple[str, ...]:
 
 
 def optimize(model: nn.Module, device: str | torch.device = "cpu", precision: str = "fp32",
-             compile: bool = False, rewrites=None, fuse: str | set = "auto",
-             sample_size: tuple[int, int] = (64, 64), cuda_graphs: bool = False) -> nn.Module:
+             compile: bool = False, rewrites=None, fuse: str | set = "policy",
+             sample_size: tuple[int, int] = (180, 320), cuda_graphs: bool = False) -> nn.Module:
     """Build the fast inference module for ``model`` on ``device`` (the source is not changed).
 
     ``rewrites``: subset of :data:`REWRITES` (default: :func:`default_rewrites`). ``fuse``:
-    "auto" (per-layer micro-benchmark at ``sample_size``, capped at 64x64 px), "all", "none", or a set of layer names (e.g.
+    "policy" (:func:`policy_dense`, per device), "measure" (per-layer-shape micro-benchmark at
+    ``sample_size`` = the LR (h, w) you will run, cached), "all", "none", or a set of layer names (e.g.
     {"B1.c1_r"}) for the BSConvU -> dense conv rewrite. ``precision``: fp32 / fp16 (CUDA) /
     bf16. ``compile``: wrap the forward in ``torch.compile``. ``cuda_graphs``: CUDA only (ignored
     elsewhere); replays a captured graph per input shape.
@@ -589,14 +616,12 @@ def optimize(model: nn.Module, device: str | torch.device = "cpu", precision: st
     src_device = next(model.parameters()).device
     with torch.no_grad():
         if isinstance(model, BSRN):
-            area = sample_size[0] * sample_size[1]
-            k = max(1.0, (area / 4096) ** 0.5)
-            size = (max(16, int(sample_size[0] / k)), max(16, int(sample_size[1] / k)))
-            fast = FastBSRN(model.to(device), device, precision, set(rewrites), fuse, size)
+            fast = FastBSRN(model.to(device), device, precision, set(rewrites), fuse,
+                            tuple(sample_size))
         else:
             fast = FastGeneric(model.to(device), "matmul" in rewrites)
     model.to(src_device)
-    fast = fast.to(device=device, dtype=DTYPES[precision]).eval()
+    fast = fast.to(device=device).eval()
     if hasattr(fast, "cfg") and isinstance(fast, FastBSRN):
         fast = fast.to(memory_format=torch.channels_last)
         fast.cuda_graphs = bool(cuda_graphs) and device.type == "cuda"

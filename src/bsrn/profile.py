@@ -94,7 +94,8 @@ def _record(name: str, m: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> La
     if isinstance(m, _OTHER_ACTS):
         return LayerCall(name, "act", 0, 0, on, inn)
     if isinstance(m, _BNS):
-        return LayerCall(name, "bn", 0, 0, on, inn)
+        # ptflops / NTIRE: one op per input element, two when affine.
+        return LayerCall(name, "bn", 0, 0, on, inn * (2 if m.affine else 1))
     if isinstance(m, _POOLS):
         return LayerCall(name, "pool", 0, 0, on, inn)
     if isinstance(m, nn.Upsample):
@@ -162,8 +163,8 @@ class OpCounts:
     ntire_flops_linear_bug: int  # the same with the shipped counter's Linear formula
     activations: int          # numel of Conv2d outputs (NTIRE #Acts)
     convs: int                # Conv2d calls (NTIRE #Conv)
-    by_kind: dict = field(default_factory=dict)   # kind -> MACs
-    uncounted: dict = field(default_factory=dict)  # kind -> output elements of skipped layers
+    by_kind: dict = field(default_factory=dict)   # layer kind -> MACs
+    uncounted: dict = field(default_factory=dict)  # kind -> elements of layers outside `macs`
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -194,10 +195,10 @@ def count_ops(model: nn.Module, input_hw: tuple[int, int], linear_layers: set[st
             by_kind["linear" if as_linear else c.kind] += c.macs
         if c.kind in ("relu", "bn"):
             # ptflops-style hooks: ReLU family = output numel; BN = input numel (x2 if affine).
-            n = c.out_numel if c.kind == "relu" else c.in_numel * 2
+            n = c.out_numel if c.kind == "relu" else c.in_numel
             flops += n
             bug += n
-            by_kind[c.kind] += n
+            uncounted[f"{c.kind} (NTIRE counts)"] += n
         elif c.kind in ("act", "pool", "upsample"):
             uncounted[c.kind] += c.out_numel
         elif c.kind == "gpool":
@@ -543,8 +544,8 @@ def resolve_model(model: str | None = None, weights: str | None = None, scale: i
 
 
 def output_to_input(output_hw: tuple[int, int], scale: int) -> tuple[int, int]:
-    """LR (H, W) for an HR output size; the HR size must be divisible by the scale... or it is
-    rounded as in the paper's 1280x720 at x3 (427x240)."""
+    """LR (H, W) for an HR output size, rounded to the nearest pixel as for the paper's
+    1280x720 at x3 (LR 427x240)."""
     return round(output_hw[0] / scale), round(output_hw[1] / scale)
 
 

@@ -46,8 +46,9 @@ DEFAULT_CPU_BUDGET = 2 * 1024 ** 3
 #: Whole-image forward peak, bytes per LR pixel per feature channel (measured on CPU, fp32,
 #: BSRN x4: ~7.3 kB/px at C=64 -> 114 B/px/ch), with some headroom.
 _WHOLE_BYTES_PER_PX_CH = 128
-#: Per-tile working set of the exact engine, bytes per tile pixel per channel (measured).
-_TILE_BYTES_PER_PX_CH = 64
+#: Per-tile working set of the exact engine, bytes per tile pixel per feature channel: the
+#: ESDB body keeps ~12 C-channel fp32 maps alive (d1..r4, the concat, c5).
+_TILE_BYTES_PER_PX_CH = 48
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -343,12 +344,13 @@ def estimate_whole_bytes(model: nn.Module, h: int, w: int) -> int:
 
 
 def estimate_tiled_bytes(model: nn.Module, h: int, w: int, tile: int) -> int:
-    """Rough peak activation bytes of the exact tiled forward (3 maps + output + one tile)."""
+    """Rough peak activation bytes of the exact tiled forward: the larger of (3 feature maps)
+    and (c1 accumulator + fp32 output), plus one tile's working set."""
     c = _num_feat(model)
     s = int(getattr(model, "scale", 4))
-    persistent = h * w * (3 * c * 4 + 3 * s * s * 4)
+    persistent = h * w * max(3 * c * 4, c * 4 + 3 * s * s * 4)
     t = tile + 2 * TAIL_HALO
-    return int(persistent + t * t * c * _TILE_BYTES_PER_PX_CH * max(1, s * s // 4))
+    return int(persistent + t * t * (c * _TILE_BYTES_PER_PX_CH + 2 * 3 * s * s * 4))
 
 
 def default_budget(device: torch.device) -> int:
@@ -412,6 +414,8 @@ def forward_auto(model: nn.Module, x: torch.Tensor, device: str | torch.device |
     from .precision import resolve_device, run
 
     device = resolve_device(device) if device is not None else x.device
+    if precision in (None, "fp32"):
+        precision = getattr(model, "precision", "fp32")
     x = x.to(device)
     _, _, h, w = x.shape
 

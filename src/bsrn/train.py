@@ -160,7 +160,8 @@ def train(cfg: TrainConfig | str | os.PathLike, overrides: list[str] | None = No
         device = torch.device(cfg.train.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
+    own_group = world > 1 and not dist.is_initialized()
+    if own_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -215,7 +216,8 @@ def train(cfg: TrainConfig | str | os.PathLike, overrides: list[str] | None = No
     ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.train.ema else None
     opt_cls = torch.optim.AdamW if cfg.optim.name == "adamw" else torch.optim.Adam
     optimizer = opt_cls(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                        weight_decay=cfg.optim.weight_decay)
+                        weight_decay=cfg.optim.weight_decay,
+                        **({"fused": True} if device.type == "cuda" else {}))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda t: lr_at(t, cfg) / cfg.optim.lr)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.amp)
@@ -402,7 +404,7 @@ def train(cfg: TrainConfig | str | os.PathLike, overrides: list[str] | None = No
               "final_psnr": last_psnr, "stopped_early": step < total}
     if is_main:
         net = ema if ema is not None else model
-        if cfg.val.dataset and last_val_step != step:
+        if cfg.val.dataset and last_val_step != step and step == total:
             last_psnr = result["final_psnr"] = validate(step)
         result["weights"] = str(save_model(net, run_dir / "model.safetensors",
                                            _meta(cfg, step, last_psnr)))
@@ -413,6 +415,8 @@ def train(cfg: TrainConfig | str | os.PathLike, overrides: list[str] | None = No
             tb.close()
     if world > 1:
         dist.barrier()
+        if own_group:
+            dist.destroy_process_group()
     result["model"] = model
     return result
 
