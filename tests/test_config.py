@@ -76,3 +76,10 @@ def test_cosine_schedule_hand_values():
     assert lr_at(1000, c) == pytest.approx(1e-7) and lr_at(5000, c) == pytest.approx(1e-7)
     w = load_config(None, ["schedule.warmup=10", "optim.lr=1e-3"])
     assert lr_at(0, w) == pytest.approx(1e-4) and lr_at(9, w) == pytest.approx(1e-3)
+
+
+def test_cli_reports_a_bad_key_in_one_line(capsys):
+    from bsrn.cli import main
+    rc = main(["train", "--config", str(CONFIGS / "quick.yaml"), "--set", "optim.lrr=1e-3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "optim.lrr" in err[0] and "'lr'" in err[0]

@@ -26,7 +26,8 @@ def test_psnr_known_mse_rgb_and_y():
     rng = np.random.default_rng(0)
     a = rng.integers(10, 200, (20, 24, 3)).astype(np.uint8)
     b = a + 5  # every channel differs by 5 -> MSE 25 on RGB
-    assert psnr(a, b, 0, y_channel=False) == pytest.approx(10 * math.log10(255 ** 2 / 25), abs=1e-12)
+    expected = 10 * math.log10(255 ** 2 / 25)
+    assert psnr(a, b, 0, y_channel=False) == pytest.approx(expected, abs=1e-12)
     # equal RGB offsets d move Y by d * 219/255
     dy = 5 * 219 / 255
     assert psnr(a, b, 0, y_channel=True) == pytest.approx(10 * math.log10(255 ** 2 / dy ** 2),
