@@ -3,7 +3,7 @@ the published / reference numbers.
 
     python benchmarks/reproduce_table.py                       # everything (~15 min on 2 cores)
     python benchmarks/reproduce_table.py --only Set5 --threads 2
-    python benchmarks/reproduce_table.py --markdown docs/_table.md --json runs/reproduce.json
+    python benchmarks/reproduce_table.py --json runs/reproduce.json --update-doc docs/results.md
 
 Needs the official checkpoints and benchmark folders from ../shared (or --shared DIR). Every
 (weights, dataset, scale, LR source) result is cached under --cache, so an interrupted run
@@ -56,6 +56,7 @@ TARGETS = {
     ("team18_bsrn.pth", "Set5", 4, "matlab"): ("32.00", "0.8926", BSRN_S),
     ("team18_bsrn.pth", "Set14", 4, "matlab"): ("28.59", "0.7809", BSRN_S),
 }
+START, END = "<!-- reproduce_table:start -->", "<!-- reproduce_table:end -->"
 WEIGHT_DIRS = {"team18_bsrn.pth": "reference/ntire2022_esr"}
 
 
@@ -118,6 +119,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--markdown", type=Path, default=None)
+    ap.add_argument("--update-doc", type=Path, default=None, metavar="MD",
+                    help="replace the table between the table markers in MD (docs/results.md)")
     ap.add_argument("--cached-only", action="store_true",
                     help="run nothing; tabulate the cached results (missing rows are skipped)")
     args = ap.parse_args(argv)
@@ -148,6 +151,12 @@ def main(argv=None) -> int:
         atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
     if args.markdown:
         atomic_write(args.markdown, lambda tmp: Path(tmp).write_text(table + "\n"))
+    if args.update_doc:
+        doc = args.update_doc.read_text()
+        head, rest = doc.split(START, 1)
+        _, tail = rest.split(END, 1)
+        new = f"{head}{START}\n{table.split(chr(10) + chr(10) + 'Protocol:')[0]}\n{END}{tail}"
+        atomic_write(args.update_doc, lambda tmp: Path(tmp).write_text(new))
     return 0 if all(r["match"] is not False for r in rows) else 1
 
 

@@ -16,6 +16,14 @@ from bsrn.cli import main  # noqa: E402
 
 @pytest.fixture
 def tiny_budget(tmp_path):
+    import torch
+
+    threads = torch.get_num_threads()  # the budget trains on one thread; restore afterwards
+    yield _make_budget(tmp_path)
+    torch.set_num_threads(threads)
+
+
+def _make_budget(tmp_path):
     rng = np.random.default_rng(0)
     hr = tmp_path / "hr"
     hr.mkdir()
@@ -29,7 +37,7 @@ def tiny_budget(tmp_path):
 model: {{name: bsrn, scale: 4}}
 data: {{train: [{hr.as_posix()}], patch_size: 16, batch_size: 2, workers: 0,
         cache_dir: {(tmp_path / 'cache').as_posix()}}}
-train: {{iterations: 2, channels_last: false, log_every: 1}}
+train: {{iterations: 2, channels_last: false, log_every: 1, threads: 1}}
 val: {{dataset: {hr.as_posix()}, every: 1000, crops: 0}}
 run: {{ckpt_every: 1, tensorboard: false, progress: false}}
 """)

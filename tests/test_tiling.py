@@ -105,8 +105,8 @@ def test_official_x4_exact_beats_naive_on_real_image(official, dataset):
 
     model = load_model(official("net_g_BSRN_x4.pth"))
     root = dataset("Set5")
-    lr = read_rgb_uint8(root / "LR_bicubic" / "X4" / "babyx4.png")[:72, :88]
-    hr = read_rgb_uint8(root / "HR" / "baby.png")[:288, :352]
+    lr = read_rgb_uint8(root / "LR_bicubic" / "X4" / "babyx4.png")[:64, :64]
+    hr = read_rgb_uint8(root / "HR" / "baby.png")[:256, :256]
     x = uint8_to_tensor(lr)
     whole = model(x)
     exact = forward_tiled(model, x, tile=32)

@@ -24,31 +24,30 @@ STUDIES: dict[str, dict] = {
         "baseline": "rfdn",
         "labels": {"rfdn": "standard conv", "rfdn_dsconv": "DSConv",
                    "rfdn_bsconv_u": "BSConv-U", "rfdn_bsconv_s": "BSConv-S"},
-        "paper": "On the RFDN baseline, BSConv-U keeps most of the standard conv's PSNR at a "
-                 "fraction of the parameters and beats DSConv and BSConv-S, which is why BSRN "
-                 "uses BSConv-U.",
+        "paper": "compares the decompositions on RFDN and adopts BSConv-U as the "
+                 "best trade-off of PSNR against cost.",
     },
     "attention": {
         "variants": ["bsrn", "bsrn_no_esa", "bsrn_no_cca", "bsrn_no_attention"],
         "baseline": "bsrn",
         "labels": {"bsrn": "ESA + CCA", "bsrn_no_esa": "CCA only", "bsrn_no_cca": "ESA only",
                    "bsrn_no_attention": "neither"},
-        "paper": "ESA and CCA each add PSNR and the combination is best.",
+        "paper": "keeps both ESA and CCA, reporting that each improves PSNR.",
     },
     "activation": {
         "variants": ["bsrn", "bsrn_relu", "bsrn_lrelu", "bsrn_hswish"],
         "baseline": "bsrn",
         "labels": {"bsrn": "GELU", "bsrn_relu": "ReLU", "bsrn_lrelu": "LReLU",
                    "bsrn_hswish": "h-swish"},
-        "paper": "GELU gives the best PSNR of the activations tried.",
+        "paper": "adopts GELU, reporting it as the best of the activations tried.",
     },
     "capacity": {
         "variants": ["rfdn", "bsrn_1", "bsrn_2"],
         "baseline": "rfdn",
         "labels": {"rfdn": "RFDN", "bsrn_1": "BSRN-1 (RFDN's width/depth)",
                    "bsrn_2": "BSRN-2 (RFDN's cost)"},
-        "paper": "BSRN-1 matches or beats RFDN with far fewer parameters; BSRN-2, at about "
-                 "RFDN's cost, is clearly better.",
+        "paper": "compares BSRN-1 and BSRN-2 with RFDN to show that BSRN's gains "
+                 "come from its design rather than its size.",
     },
 }
 
@@ -180,10 +179,11 @@ def format_table(study: str, summary: list[dict], budget: dict) -> str:
                      f"{s['multi_adds'] / 1e9:.2f} G | {s['psnr']:.3f} | {spread} | {delta} | "
                      f"{s['train_seconds']:.0f} |")
     if budget.get("bicubic_psnr") is not None:
-        lines.append(f"| bicubic (reference) | – | – | – | {budget['bicubic_psnr']:.3f} | | | |")
+        lines.append(f"| bicubic (reference) | – | – | – | {budget['bicubic_psnr']:.3f} "
+                     "| | | |")
     lines += ["", f"Budget: {budget.get('describe', '')}"]
     if spec.get("paper"):
-        lines += ["", f"Paper's conclusion: {spec['paper']}"]
+        lines += ["", f"Paper: {spec['paper']}"]
     return "\n".join(lines)
 
 
@@ -205,7 +205,15 @@ def describe_budget(budget_path: Path, overrides: list[str]) -> dict:
             cur = cur[part]
         return cur
 
-    d = {"name": budget_path.stem, "file": str(budget_path), "overrides": list(overrides),
+    import hashlib
+
+    try:
+        shown = budget_path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        shown = str(budget_path)
+    d = {"name": budget_path.stem, "file": shown,
+         "sha256": hashlib.sha256(budget_path.read_bytes()).hexdigest(),
+         "overrides": list(overrides),
          "scale": get("model.scale", 4), "patch": get("data.patch_size"),
          "batch": get("data.batch_size"), "iterations": get("train.iterations"),
          "lr": get("optim.lr"), "train": get("data.train"),
@@ -264,7 +272,10 @@ def run_study(study: str, budget: str, out_dir: str | os.PathLike | None = None,
         f = cache / f"{v}-seed{seed}.json"
         if f.is_file():
             row = json.loads(f.read_text(encoding="utf-8"))
-            if row.get("budget_file") == info["file"] and row.get("overrides") == overrides:
+            same = row.get("budget_sha256") == info["sha256"] or (
+                row.get("budget_sha256") is None
+                and Path(row.get("budget_file", "")).resolve() == budget_path.resolve())
+            if same and row.get("overrides") == overrides:
                 log(f"[{i}/{len(todo)}] {v} seed {seed}: cached, {row['psnr']:.3f} dB")
                 rows.append(row)
                 continue
@@ -273,7 +284,8 @@ def run_study(study: str, budget: str, out_dir: str | os.PathLike | None = None,
         log(f"[{i}/{len(todo)}] {v} seed {seed}: training ({info['describe']})")
         row = run_variant(v, budget_path, out / "runs" / f"{v}-seed{seed}", seed, overrides,
                           eval_limit, progress)
-        row.update(study=study, budget_file=info["file"], overrides=overrides)
+        row.update(study=study, budget_file=info["file"], budget_sha256=info["sha256"],
+                   overrides=overrides)
         _atomic_json(row, f)
         log(f"[{i}/{len(todo)}] {v} seed {seed}: {row['psnr']:.3f} dB on {row['dataset']} "
             f"({row['train_seconds']:.0f} s)")

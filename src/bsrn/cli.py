@@ -267,7 +267,7 @@ def _kv(text):
 
 def _add_model_args(p, scale_default=None):
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--model", help="registry preset (see `bsrn models`), e.g. bsrn, bsrn_s, rfdn")
+    g.add_argument("--model", help="registry preset (bsrn.list_models()), e.g. bsrn, bsrn_s, rfdn")
     g.add_argument("--weights", help="weights file (.pth/.safetensors) or bundled name")
     p.add_argument("--scale", type=int, default=scale_default,
                    help="scale of a --model preset (default 4); checked against --weights")
@@ -400,7 +400,7 @@ def _add_plot(sub):
                    metavar=("LABEL", "WEIGHTS"), help="a model to show (repeatable)")
     g.add_argument("--scale", type=int, default=4)
     g.add_argument("--crop", default=None, metavar="Y,X,H,W",
-                   help="HR crop (default: the window where the first model gains most over bicubic)")
+                   help="HR crop (default: where the first model gains most over bicubic)")
     g.add_argument("--crop-size", type=int, default=96)
     g.add_argument("--device", default="auto")
     g.add_argument("--out", required=True, metavar="FILE", help="output .png/.svg")
@@ -427,17 +427,18 @@ def _run_plot(args):
             print(f"{panel['label']:>24s}  {panel['psnr']:.2f} dB (crop {panel['psnr_crop']:.2f})")
         print(f"wrote {args.out} (crop y,x,h,w = {','.join(map(str, info['crop']))})")
         return 0
-    from .figures import entry_point, plot_tradeoff, study_points
+    from .figures import entry_point, plot_tradeoff, study_points, study_reference
 
-    points = []
+    points, reference = [], []
     for e in args.entry:
         if len(e) < 2:
             raise BsrnError(f"--entry {' '.join(e)}: give a label then at least one JSON file")
         points.append(entry_point(e[0], e[1:], args.dataset, args.scale))
     for s in args.study:
         points.extend(study_points(s))
+        reference.extend(r for r in study_reference(s) if r not in reference)
     for path in plot_tradeoff(points, args.out, args.dataset, args.scale, tuple(args.format),
-                              tuple(args.highlight), args.title):
+                              tuple(args.highlight), args.title, reference):
         print(f"wrote {path}")
     return 0
 

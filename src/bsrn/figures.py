@@ -26,6 +26,7 @@ class Point:
     params: float
     multi_adds: float | None = None
     group: str = ""
+    err: tuple[float, float] | None = None   # (below, above) the mean, e.g. over seeds
 
 
 def _read_json(path) -> object:
@@ -69,7 +70,8 @@ def entry_point(label: str, files, dataset: str | None = "Set5", scale: int | No
             params = obj.get("params", params)
             madds = obj.get("multi_adds", madds)
     if psnr is None:
-        raise BsrnError(f"{label}: no PSNR for {dataset or 'any dataset'} in {', '.join(map(str, files))}")
+        raise BsrnError(f"{label}: no PSNR for {dataset or 'any dataset'} in "
+                        f"{', '.join(map(str, files))}")
     if params is None:
         raise BsrnError(f"{label}: no 'params' in {', '.join(map(str, files))} "
                         "(add a `bsrn profile --json` file)")
@@ -85,9 +87,19 @@ def study_points(path, group: str = "") -> list[Point]:
     for v in obj["variants"]:
         if v.get("psnr") is None:
             continue
-        pts.append(Point(v["name"], float(v["psnr"]), float(v["params"]),
-                         v.get("multi_adds"), group or obj.get("study", "")))
+        err = None
+        if v.get("seeds", 1) > 1:
+            err = (v["psnr"] - v["psnr_min"], v["psnr_max"] - v["psnr"])
+        pts.append(Point(v.get("label") or v["name"], float(v["psnr"]), float(v["params"]),
+                         v.get("multi_adds"), group or obj.get("study", ""), err))
     return pts
+
+
+def study_reference(path) -> list[tuple[str, float]]:
+    """The bicubic reference line of an ablation results JSON, if recorded."""
+    obj = _read_json(path)
+    b = obj.get("budget", {}).get("bicubic_psnr") if isinstance(obj, dict) else None
+    return [("bicubic", float(b))] if b is not None else []
 
 
 _COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -96,10 +108,12 @@ _COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7
 
 def plot_tradeoff(points: list[Point], out_dir, dataset: str = "Set5", scale: int = 4,
                   formats=("png",), highlight: tuple[str, ...] = (),
-                  title: str | None = None) -> list[Path]:
+                  title: str | None = None,
+                  reference: list[tuple[str, float]] = ()) -> list[Path]:
     """Draw ``psnr_vs_params`` and ``psnr_vs_multiadds`` (Figure 1 style: one labelled marker per
     model, highlighted models as red stars, marker area growing with Multi-Adds on the params
-    plot). Returns the files written."""
+    plot, min-max bars where a point has a spread, dashed lines for ``reference`` PSNRs such as
+    bicubic). Returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -116,9 +130,16 @@ def plot_tradeoff(points: list[Point], out_dir, dataset: str = "Set5", scale: in
         if not pts:
             continue
         fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=150)
+        xs = [p.params / 1e3 if axis == "params" else p.multi_adds / 1e9 for p in pts]
+        ys = [p.psnr for p in pts] + [v for _, v in reference]
+        yspan = max(0.1, max(ys) - min(ys))
+        placed: list[tuple[float, float]] = []
         for p in pts:
             x = p.params / 1e3 if axis == "params" else p.multi_adds / 1e9
             hi = p.label in highlight
+            if p.err is not None:
+                ax.errorbar(x, p.psnr, yerr=[[p.err[0]], [p.err[1]]], fmt="none",
+                            ecolor="gray", elinewidth=1, capsize=3, zorder=2)
             size = 40.0
             if axis == "params" and p.multi_adds:
                 size = 20 + 6 * p.multi_adds / 1e9
@@ -126,15 +147,24 @@ def plot_tradeoff(points: list[Point], out_dir, dataset: str = "Set5", scale: in
             ax.scatter(x, p.psnr, s=size * (2.2 if hi else 1), marker="*" if hi else "o",
                        color=color, alpha=0.85, edgecolors="black", linewidths=0.6, zorder=3)
             off = 4 + 0.5 * (size * (2.2 if hi else 1)) ** 0.5
-            ax.annotate(p.label, (x, p.psnr), textcoords="offset points", xytext=(off, off * 0.6),
+            crowded = any(abs(x - px) < 0.08 * max(xs) and abs(p.psnr - py) < 0.06 * yspan
+                          for px, py in placed)
+            placed.append((x, p.psnr))
+            ax.annotate(p.label, (x, p.psnr), textcoords="offset points",
+                        xytext=(off, -off * 2.2 if crowded else off * 0.6),
                         fontsize=8, color=color, fontweight="bold" if hi else "normal")
         ax.set_xlabel("Parameters (K)" if axis == "params" else
                       "Multi-Adds (G, 1280x720 output)")
         ax.set_ylabel(f"PSNR (dB), {dataset} x{scale}, Y")
         ax.grid(True, linestyle=":", alpha=0.6)
-        xs = [p.params / 1e3 if axis == "params" else p.multi_adds / 1e9 for p in pts]
+        for name, val in reference:
+            ax.axhline(val, color="gray", linestyle="--", linewidth=1, zorder=1)
+            ax.annotate(name, (0, val), textcoords="offset points", xytext=(4, 3), fontsize=8,
+                        color="gray")
         ax.set_xlim(0, max(xs) * 1.25)
-        ys = [p.psnr for p in pts]
+        lows = [p.psnr - (p.err[0] if p.err else 0) for p in pts] + [v for _, v in reference]
+        highs = [p.psnr + (p.err[1] if p.err else 0) for p in pts] + [v for _, v in reference]
+        ys = lows + highs
         pad = max(0.05, (max(ys) - min(ys)) * 0.15)
         ax.set_ylim(min(ys) - pad, max(ys) + pad)
         ax.set_title(title or (f"PSNR vs {'parameters' if axis == 'params' else 'Multi-Adds'}"
@@ -158,8 +188,8 @@ def _save_fig(fig, path: Path) -> None:
     from .checkpoint import atomic_write
 
     fmt = path.suffix.lstrip(".")
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt,
-                                               metadata={"Software": None} if fmt == "png" else None))
+    meta = {"Software": None} if fmt == "png" else None
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, metadata=meta))
 
 
 def points_to_json(points: list[Point], path) -> None:

@@ -18,8 +18,9 @@ Rewrites (each exact up to float summation order; ``optimize(..., rewrites=...)`
   W[o, i] = pw[o, i] * dw[o] (exact at any stride, incl. padding). Decided per layer by a
   measured per-device policy (``fuse="policy"``: on CPU only fea_conv, whose folded pointwise has
   3 inputs) or by a per-layer-shape micro-benchmark on the device at hand (``fuse="measure"``,
-  cached per device/dtype/shape/threads); on tensor-core GPUs the dense conv is expected to win. Never applied to a pointwise with a bias (BSRN-S): the zero padding would then come after
-  the bias and the border would change.
+  cached per device/dtype/shape/threads); on tensor-core GPUs the dense conv is expected to
+  win. Never applied to a pointwise with a bias (BSRN-S): the zero padding would then come
+  after the bias and the border would change.
 
 Switches: ``precision`` (the forward runs under fp16/bf16 autocast; weights stay fp32, CCA
 statistics are computed in fp32; ``bsrn.precision.run`` can force an fp32 retry),
@@ -507,8 +508,9 @@ class FastBSRN(nn.Module):
         x, ph, pw = pad_to_min(x, self.min_size)
         x = x.float().contiguous(memory_format=torch.channels_last)
         half = self.precision != "fp32" and not fp32_forced()
-        with autocast(self.precision if half else "fp32", x.device):
-            if self.cuda_graphs and x.is_cuda and not torch.is_grad_enabled():
+        graphs = self.cuda_graphs and x.is_cuda and not torch.is_grad_enabled()
+        with autocast(self.precision if half else "fp32", x.device, cache_enabled=not graphs):
+            if graphs:
                 out = self._graph_forward(x, half)
             elif self._compiled is not None:
                 out = self._compiled(x)
@@ -599,8 +601,8 @@ def optimize(model: nn.Module, device: str | torch.device = "cpu", precision: st
 
     ``rewrites``: subset of :data:`REWRITES` (default: :func:`default_rewrites`). ``fuse``:
     "policy" (:func:`policy_dense`, per device), "measure" (per-layer-shape micro-benchmark at
-    ``sample_size`` = the LR (h, w) you will run, cached), "all", "none", or a set of layer names (e.g.
-    {"B1.c1_r"}) for the BSConvU -> dense conv rewrite. ``precision``: fp32 / fp16 (CUDA) /
+    ``sample_size`` = the LR (h, w) you will run, cached), "all", "none", or a set of layer
+    names (e.g. {"B1.c1_r"}) for the BSConvU -> dense conv rewrite. ``precision``: fp32 / fp16 (CUDA) /
     bf16. ``compile``: wrap the forward in ``torch.compile``. ``cuda_graphs``: CUDA only (ignored
     elsewhere); replays a captured graph per input shape.
     """

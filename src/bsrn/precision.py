@@ -96,11 +96,13 @@ def force_fp32():
         _STATE.force_fp32 = old
 
 
-def autocast(precision: str, device: torch.device):
-    """The autocast context for ``precision`` on ``device`` (a no-op for fp32)."""
+def autocast(precision: str, device: torch.device, cache_enabled: bool = True):
+    """The autocast context for ``precision`` on ``device`` (a no-op for fp32).
+    ``cache_enabled=False`` is required while capturing CUDA graphs."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
+    return torch.autocast(device_type=device.type, dtype=DTYPES[precision],
+                          cache_enabled=cache_enabled)
 
 
 def exact_fp32(device: torch.device):

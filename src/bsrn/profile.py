@@ -52,7 +52,7 @@ class LayerCall:
     """One call of one leaf layer: its kind, MACs (bias excluded), bias adds, output size."""
 
     name: str
-    kind: str          # conv3x3 | dwconv | conv1x1 | linear | convT | relu | act | bn | pool | upsample
+    kind: str  # conv3x3 dwconv conv1x1 linear convT relu act bn pool gpool upsample
     macs: int = 0
     bias_adds: int = 0
     out_numel: int = 0
@@ -115,7 +115,7 @@ def trace_layers(model: nn.Module, x: torch.Tensor) -> list[LayerCall]:
             continue
 
         def hook(mod, args, out, _name=name):
-            if not args or not isinstance(args[0], torch.Tensor) or not isinstance(out, torch.Tensor):
+            if not (args and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor)):
                 return
             rec = _record(_name, mod, args[0], out)
             if rec is not None:
@@ -273,7 +273,8 @@ def paper_input_hw(scale: int) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------- memory
-def estimate_peak_memory(model: nn.Module, input_hw: tuple[int, int], in_ch: int | None = None) -> int:
+def estimate_peak_memory(model: nn.Module, input_hw: tuple[int, int],
+                         in_ch: int | None = None) -> int:
     """Peak bytes of live tensors (weights, input, activations) during one no-grad forward.
 
     Runs on the meta device under a dispatch mode that tracks every tensor storage an op creates
