@@ -33,10 +33,19 @@ def _ort_run(path, x: np.ndarray) -> np.ndarray:
     return sess.run(["output"], {"input": x})[0]
 
 
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    """{optimize: (path, export result)}, exported once per module."""
+    out = {}
+    for optimize in (False, True):
+        path = tmp_path_factory.mktemp("onnx") / f"m{int(optimize)}.onnx"
+        out[optimize] = (path, export_onnx(model, path, optimize=optimize))
+    return out
+
+
 @pytest.mark.parametrize("optimize", [False, True])
-def test_onnx_round_trip(model, tmp_path, optimize):
-    path = tmp_path / "m.onnx"
-    res = export_onnx(model, path, optimize=optimize)
+def test_onnx_round_trip(model, exported, optimize):
+    path, res = exported[optimize]
     assert res["optimized"] is optimize and set(res["max_abs_diff"]) == {"1x15x15", "1x37x53",
                                                                           "2x24x31"}
     graph = onnx.load(str(path)).graph
@@ -91,11 +100,10 @@ def test_cli_export_onnx_and_torchscript(model, tmp_path, capsys):
     assert "missing.pth" in capsys.readouterr().err
 
 
-def test_verification_catches_a_wrong_file(model, tmp_path):
+def test_verification_catches_a_wrong_file(exported):
     from bsrn.export import verify_onnx
 
-    path = tmp_path / "m.onnx"
-    export_onnx(model, path, verify=False)
+    path = exported[False][0]
     other = create_model("bsrn", scale=3, num_feat=16, num_block=2).eval()
     with pytest.raises(BsrnError, match="differs from PyTorch"):
         verify_onnx(path, other)

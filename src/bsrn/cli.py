@@ -100,13 +100,23 @@ def _add_plot_log(sub):
     p.add_argument("run_dir", nargs="+", help="run folder(s) holding log.jsonl")
     p.add_argument("--out", help="PNG path (default RUN_DIR/curves.png)")
     p.add_argument("--title")
+    p.add_argument("--baseline", action="append", default=[], metavar="LABEL=DB",
+                   help="dashed reference PSNR line, e.g. --baseline bicubic=28.42 (repeatable)")
     p.set_defaults(func=_run_plot_log)
 
 
 def _run_plot_log(args):
     from .plots import plot_training_log
 
-    print(plot_training_log(args.run_dir, args.out, title=args.title))
+    baselines = {}
+    for item in args.baseline:
+        label, _, value = item.rpartition("=")
+        try:
+            baselines[label] = float(value)
+        except ValueError:
+            raise BsrnError(f"--baseline {item!r}: expected LABEL=DB, e.g. bicubic=28.42") \
+                from None
+    print(plot_training_log(args.run_dir, args.out, title=args.title, baselines=baselines))
     return 0
 
 
