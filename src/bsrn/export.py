@@ -42,7 +42,8 @@ def _export_module(model: nn.Module, optimize: bool) -> nn.Module:
 
     if not isinstance(model, BSRN):
         return model
-    return _optimize(model, "cpu", "fp32", rewrites=("fold", "hmerge"), fuse="none")
+    return _optimize(model, "cpu", "fp32", rewrites=("fold", "hmerge"),
+                     fuse="none").set_inplace(False)
 
 
 def _dummy(model: nn.Module, n: int = 1, h: int = 32, w: int = 32, seed: int = 0) -> torch.Tensor:
@@ -159,7 +160,8 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, optimize: bool
     if optimize:
         from .optimize import optimize as _optimize
 
-        net = _optimize(src, "cpu", "fp32", rewrites=("fold", "matmul", "hmerge"), fuse="none")
+        net = _optimize(src, "cpu", "fp32", rewrites=("fold", "matmul", "hmerge"),
+                        fuse="none").set_inplace(False)
     else:
         net = src
     dummy = _dummy(net, 1, 32, 32)

@@ -54,6 +54,17 @@ def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
     return F.linear(x.permute(0, 2, 3, 1), weight, bias).permute(0, 3, 1, 2)
 
 
+def act_(act: nn.Module, x: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """``act(x)``, in place on a fresh intermediate when ``inplace`` (saves an allocation and its
+    page faults per call; large CPU tensors are not cached by the allocator)."""
+    if inplace:
+        if isinstance(act, nn.GELU):
+            return torch.ops.aten.gelu_(x, approximate=act.approximate)
+        if isinstance(act, nn.ReLU):
+            return x.relu_()
+    return act(x)
+
+
 class PW(nn.Module):
     """A pointwise (1x1) conv computed as a matmul (``matmul`` rewrite) or as a 1x1 conv."""
 
@@ -294,8 +305,10 @@ class FastESA(nn.Module):
         c3 = self.conv3_(self.act(self.conv3(v)))
         return F.interpolate(c3, size, mode="bilinear", align_corners=False)
 
-    def mask(self, x, c1_, cf):
+    def mask(self, x, c1_, cf, inplace=False):
         up = self.context(c1_, (x.shape[2], x.shape[3]))
+        if inplace:
+            return self.conv4(up.add_(cf)).sigmoid_()
         return torch.sigmoid(self.conv4(up + cf))
 
 
@@ -317,6 +330,7 @@ class FastESDB(nn.Module):
             self.sep_d.append(nn.Identity() if merged else cv.pw(d))
         self.c4 = cv.conv(f"{name}.c4", blk.c4, size)[0]
         self.act = copy.deepcopy(blk.act)
+        self.inplace = True
         self.attention = blk.attention
         self.has_esa = not isinstance(blk.esa, nn.Identity)
         self.c5 = cv.pw(blk.c5)
@@ -342,13 +356,15 @@ class FastESDB(nn.Module):
             d, r = self.steps[i](x)
         else:
             d, r = self.sep_d[i](x), self.steps[i](x)
+        if self.inplace:
+            return act_(self.act, d, True), act_(self.act, r.add_(x), True)
         return self.act(d), self.act(r + x)
 
     def _cat(self, x):
         d1, r1 = self._step(0, x)
         d2, r2 = self._step(1, r1)
         d3, r3 = self._step(2, r2)
-        r4 = self.act(self.c4(r3))
+        r4 = act_(self.act, self.c4(r3), self.inplace)
         return torch.cat([d1, d2, d3, r4], dim=1)
 
     def fused(self, x):
@@ -358,24 +374,26 @@ class FastESDB(nn.Module):
     def attend(self, out, x):
         if self.attention == "cca":
             gate = self.cca.gate(channel_stats(out)).to(out.dtype)
-            out = out * gate
+            out = out.mul_(gate) if self.inplace else out * gate
         elif self.attention == "cw":
             out = self.conv_out(out * self.cw)
-        return out + x
+        return out.add_(x) if self.inplace else out + x
 
     def forward(self, x):
         cat = self._cat(x)
+        ip = self.inplace
         if not self.has_esa:
             out = self.c5(cat)
         elif self.c5x is not None:
             t = self.c5x(cat)
             c, f = self.c, self.esa.conv1.out_channels
             out, c1_, cf = t[:, :c], t[:, c:c + f], t[:, c + f:]
-            out = out * self.esa.mask(out, c1_, cf)
+            out = out * self.esa.mask(out, c1_, cf, ip)
         else:
             out = self.c5(cat)
             c1_ = self.esa.conv1(out)
-            out = out * self.esa.mask(out, c1_, self.esa.conv_f(c1_))
+            m = self.esa.mask(out, c1_, self.esa.conv_f(c1_), ip)
+            out = out.mul_(m) if ip else out * m
         return self.attend(out, x)
 
 
@@ -457,6 +475,7 @@ class FastBSRN(nn.Module):
         self._compiled = None
         self._graphs: OrderedDict = OrderedDict()
         self.cuda_graphs = False
+        self.inplace = True
 
     @property
     def scale(self) -> int:
@@ -474,8 +493,17 @@ class FastBSRN(nn.Module):
             x = torch.cat([x] * self.replicate, dim=1)
         return self.fea_conv(x)
 
-    def tail(self, acc, fea):
+    def tail(self, acc, fea, inplace=False):
+        if inplace:  # acc is a fresh accumulator here
+            return self.upsampler(self.c2(act_(self.act, acc, True)).add_(fea))
         return self.upsampler(self.c2(self.act(acc)) + fea)
+
+    def set_inplace(self, flag: bool) -> "FastBSRN":
+        """In-place activations/adds on fresh intermediates (default on; off for tracing)."""
+        self.inplace = flag
+        for b in self.blocks:
+            b.inplace = flag
+        return self
 
     def core(self, x):
         """The network on a channels_last tensor of the working dtype (no padding)."""
@@ -501,7 +529,7 @@ class FastBSRN(nn.Module):
                 out = blk(out)
                 feats.append(out)
             acc = self.c1(torch.cat(feats, dim=1))
-        return self.tail(acc, fea)
+        return self.tail(acc, fea, self.inplace)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -567,6 +595,9 @@ class FastGeneric(nn.Module):
     @property
     def cfg(self):
         return self.model.cfg
+
+    def set_inplace(self, flag: bool) -> "FastGeneric":
+        return self
 
     def forward(self, x):
         return self.model(x.contiguous(memory_format=torch.channels_last)).float().contiguous()
