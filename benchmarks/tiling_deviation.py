@@ -8,7 +8,7 @@ official x4 weights.
 For each image and tiling: PSNR against HR (Y channel, 4 px border, uint8, the paper's
 protocol), its change from the whole-image result, PSNR of the tiled output against the
 whole-image output (RGB, [0, 1]) and max |diff|. Target: exact tiling within 0.01 dB.
-The figure shows |tiled - whole| for one padded and one exact tiling (same colour scale).
+The figure shows |tiled - whole| for one padded and one exact tiling (same log colour scale).
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--markdown")
     ap.add_argument("--figure")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N images")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
         return 2
     model = optimize(load_model(OFFICIAL), "cpu")  # exact rewrites; same maths as the model
     rows, maps = [], {}
-    hrs = sorted((DATA / "HR").glob("*.png"))
+    hrs = sorted((DATA / "HR").glob("*.png"))[: args.limit]
     t_start = time.perf_counter()
     with torch.inference_mode():
         for hr_path in hrs:
@@ -98,10 +99,13 @@ def main(argv=None) -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        from matplotlib.colors import LogNorm
+
         fig, axes = plt.subplots(1, len(maps), figsize=(6 * len(maps), 4.4))
         vmax = max(float(m.max()) for m in maps.values()) or 1.0
+        norm = LogNorm(vmin=1e-7, vmax=max(vmax, 1e-6))  # log: 1e-7 (exact) to 1e-1 (padded)
         for ax, (label, m) in zip(np.atleast_1d(axes), maps.items()):
-            im = ax.imshow(m, cmap="magma", vmin=0, vmax=vmax)
+            im = ax.imshow(np.maximum(m, 1e-7), cmap="magma", norm=norm)
             ax.set_title(f"{hrs[0].stem}: |{label} - whole| (max {m.max():.1e})", fontsize=9)
             ax.axis("off")
         fig.colorbar(im, ax=list(np.atleast_1d(axes)), shrink=0.8, label="max over RGB")

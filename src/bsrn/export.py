@@ -168,7 +168,9 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, optimize: bool
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(net, dummy, check_trace=False)
-    atomic_write(path, lambda tmp: torch.jit.save(traced, tmp))
+    with warnings.catch_warnings():  # torch.jit.save is deprecated upstream (see docstring)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        atomic_write(path, lambda tmp: torch.jit.save(traced, tmp))
     result = {"path": str(path), "optimized": optimize}
     if verify:
         with warnings.catch_warnings():

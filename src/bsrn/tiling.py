@@ -43,9 +43,11 @@ BODY_HALO = 4
 TAIL_HALO = 8
 #: Default CPU activation budget for choose_tile (bytes).
 DEFAULT_CPU_BUDGET = 2 * 1024 ** 3
-#: Whole-image forward peak, bytes per LR pixel per feature channel (measured on CPU, fp32,
-#: BSRN x4: ~7.3 kB/px at C=64 -> 114 B/px/ch), with some headroom.
+#: Whole-image forward peak RSS growth, bytes per LR pixel per feature channel (measured on CPU,
+#: fp32, BSRN x4, 320x180: plain model 8.0 kB/px, fast path with ``accumulate`` and in-place
+#: activations 3.3 kB/px; minus the 192 B/px output, / 64 channels), with some headroom.
 _WHOLE_BYTES_PER_PX_CH = 128
+_WHOLE_BYTES_PER_PX_CH_FAST = 56
 #: Per-tile working set of the exact engine, bytes per tile pixel per feature channel: the
 #: ESDB body keeps ~12 C-channel fp32 maps alive (d1..r4, the concat, c5).
 _TILE_BYTES_PER_PX_CH = 48
@@ -339,7 +341,9 @@ def estimate_whole_bytes(model: nn.Module, h: int, w: int) -> int:
     c = _num_feat(model)
     nblk = int(getattr(getattr(model, "cfg", None), "num_block", 8))
     s = int(getattr(model, "scale", 4))
-    per_px = _WHOLE_BYTES_PER_PX_CH * c * max(1.0, nblk / 8) + 3 * s * s * 4
+    per_ch = _WHOLE_BYTES_PER_PX_CH_FAST if getattr(model, "accumulate", False) \
+        else _WHOLE_BYTES_PER_PX_CH
+    per_px = per_ch * c * max(1.0, nblk / 8) + 3 * s * s * 4
     return int(h * w * per_px)
 
 
