@@ -167,3 +167,12 @@ def test_orthogonality_regulariser():
 def test_public_api():
     assert callable(bsrn.create_model) and callable(bsrn.load_model)
     assert "bsrn" in bsrn.list_models()
+
+
+def test_models_command_lists_presets_with_published_counts(capsys):
+    from bsrn.cli import main
+
+    assert main(["models", "bsrn*"]) == 0
+    out = capsys.readouterr().out
+    assert "| bsrn | bsrn | 352,400 |" in out and "| bsrn_s | bsrn | 156,288 |" in out
+    assert "rfdn" not in out.split("bundled weights")[0]

@@ -485,8 +485,30 @@ def _run_ablate(args):
 
 
 # ----------------------------------------------------------------------------- main
+# ----------------------------------------------------------------------------- models
+def _add_models(sub):
+    p = sub.add_parser("models", help="list the registered presets and the bundled weights")
+    p.add_argument("pattern", nargs="?", default=None, help="filter, e.g. 'rfdn*' or 'bsrn_no'")
+    p.add_argument("--scale", type=int, default=4, help="scale for the parameter count")
+    p.set_defaults(func=_run_models)
+
+
+def _run_models(args):
+    from .checkpoint import bundled_weights
+    from .models import create_model, get_preset, list_models
+
+    rows = [(n, get_preset(n).arch,
+             sum(p.numel() for p in create_model(n, scale=args.scale).parameters()),
+             get_preset(n).description) for n in list_models(args.pattern)]
+    print(f"| preset | arch | params (x{args.scale}) | description |\n|---|---|---|---|")
+    for name, arch, n, desc in rows:
+        print(f"| {name} | {arch} | {n:,} | {desc} |")
+    bundled = bundled_weights()
+    print("\nbundled weights: " + (", ".join(bundled) if bundled else "none in this install"))
+
+
 _ADDERS = [_add_upscale, _add_eval, _add_make_lr, _add_train, _add_plot_log, _add_profile, _add_bench_ntire,
-           _add_plot, _add_ablate, _add_export]
+           _add_plot, _add_ablate, _add_export, _add_models]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -154,6 +154,7 @@ def bsrn_1(**kw):
     return BSRNConfig(**{**dict(num_feat=50, num_block=4), **kw})
 
 
-@register_model("bsrn", "BSRN-2: BSRN widened to about RFDN's Multi-Adds (see docs/models.md)")
+@register_model("bsrn", "BSRN-2: BSRN widened to 72 channels, about RFDN's params and Multi-Adds "
+                        "(docs/efficiency.md)")
 def bsrn_2(**kw):
     return BSRNConfig(**{**dict(num_feat=72, num_block=8), **kw})
