@@ -313,7 +313,7 @@ def _add_profile(sub):
 def _run_profile(args):
     import torch
 
-    from .evaluate import resolve_device
+    from .precision import resolve_device
     from .profile import (format_profile, output_to_input, parse_hw, profile_model,
                           resolve_model, write_profile_json)
 
@@ -364,7 +364,7 @@ def _run_bench_ntire(args):
 
     from .checkpoint import atomic_write
     from .errors import BsrnError
-    from .evaluate import resolve_device
+    from .precision import resolve_device
     from .profile import format_ntire, ntire_report, resolve_model
 
     if args.threads:
@@ -421,7 +421,7 @@ def _run_plot(args):
     from .errors import BsrnError
 
     if args.figure == "grid":
-        from .evaluate import resolve_device
+        from .precision import resolve_device
         from .figures import comparison_grid
 
         crop = None

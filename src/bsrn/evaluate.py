@@ -8,7 +8,6 @@ BSRN/BasicSR test sets). SR is clamped, rounded to uint8, and scored on Y (BT.60
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -21,6 +20,7 @@ from torch import nn
 from .errors import BsrnError
 from .image_io import IMAGE_EXTS, read_rgb_uint8
 from .imresize import bicubic_downscale, modcrop
+from .precision import exact_fp32, resolve_device  # noqa: F401 (re-exported)
 from .metrics import psnr, ssim, tensor_to_uint8, uint8_to_tensor
 
 LR_SOURCES = ("files", "matlab")
@@ -87,32 +87,6 @@ def super_resolve(model: nn.Module, lr: np.ndarray, device="cpu") -> np.ndarray:
     return tensor_to_uint8(model(x))
 
 
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"`` (or None) -> cuda when available, else cpu; ``"cuda"`` without a GPU is an
-    error."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BsrnError("device 'cuda' requested but no CUDA GPU is available (use cpu or auto)")
-    return dev
-
-
-@contextlib.contextmanager
-def _exact_fp32(device: torch.device):
-    """Full fp32 convolutions on CUDA while scoring (cuDNN's TF32 default would shift the last
-    digits of the published numbers)."""
-    if device.type != "cuda":
-        yield
-        return
-    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
-
-
 def evaluate(model: nn.Module, dataset: str | os.PathLike, scale: int | None = None,
              lr_source: str | None = None, device="cpu", save_dir: str | os.PathLike | None = None,
              progress: bool = True, limit: int | None = None) -> EvalResult:
@@ -141,7 +115,7 @@ def evaluate(model: nn.Module, dataset: str | os.PathLike, scale: int | None = N
     rows = []
     from tqdm.auto import tqdm
 
-    with _exact_fp32(device):
+    with exact_fp32(device):
         for p in tqdm(paths, desc=f"{name} x{scale} ({lr_source} LR)", unit="img",
                       disable=not progress, leave=False):
             hr, lr = load_pair(dataset, p, scale, lr_source)

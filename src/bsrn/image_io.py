@@ -300,15 +300,18 @@ def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
     return a
 
 
-def read_rgb_uint8(path: str | os.PathLike) -> np.ndarray:
-    """Read an 8-bit image as HxWx3 uint8 RGB; greyscale is replicated to 3 channels (as the
-    benchmark protocol does for Set14's ``bridge``)."""
+def read_uint8(path: str | os.PathLike, keep_grey: bool = False) -> np.ndarray:
+    """Read an 8-bit image as HxWx3 uint8 RGB, or HxW when ``keep_grey`` and the file is
+    greyscale. Other 8-bit modes are converted to RGB; 16-bit and float images are refused."""
     path = Path(path)
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode != "RGB":
-                im = im.convert("RGB")
+            if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+                raise ImageError(f"{path}: {im.mode} images are not supported here (need 8-bit)")
+            target = "L" if keep_grey and im.mode in ("L", "LA", "La") else "RGB"
+            if im.mode != target:
+                im = im.convert(target)
             return np.asarray(im, dtype=np.uint8).copy()
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
@@ -316,6 +319,12 @@ def read_rgb_uint8(path: str | os.PathLike) -> np.ndarray:
         raise ImageError(f"{path}: not an image file") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"{path}: cannot decode image ({e})") from None
+
+
+def read_rgb_uint8(path: str | os.PathLike) -> np.ndarray:
+    """Read an 8-bit image as HxWx3 uint8 RGB; greyscale is replicated to 3 channels (as the
+    benchmark protocol does for Set14's ``bridge``)."""
+    return read_uint8(path)
 
 
 # ----------------------------------------------------------------------------- writing

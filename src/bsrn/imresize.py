@@ -144,31 +144,6 @@ class MakeLRSummary:
                 f"{self.unchanged} already up to date")
 
 
-def _read_uint8(path: Path) -> np.ndarray:
-    """An 8-bit image as HxW (greyscale kept greyscale, as the EDSR pack's Set14 ``bridge``) or
-    HxWx3 uint8; other 8-bit modes become RGB."""
-    from PIL import Image, UnidentifiedImageError
-
-    from .errors import ImageError
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-                raise ImageError(f"{path}: {im.mode} images are not supported (need 8-bit)")
-            if im.mode in ("LA", "La"):
-                im = im.convert("L")
-            elif im.mode not in ("L", "RGB"):
-                im = im.convert("RGB")
-            return np.asarray(im, dtype=np.uint8).copy()
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image file") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise ImageError(f"{path}: cannot decode image ({e})") from None
-
-
 def _same_png(path: Path, arr: np.ndarray) -> bool:
     from PIL import Image
 
@@ -190,6 +165,8 @@ def make_lr_folder(hr_dir: str | os.PathLike, out_dir: str | os.PathLike,
     already exist with identical pixels are left alone, so an interrupted run resumes; writes
     are atomic. Greyscale stays greyscale.
     """
+    from .image_io import read_uint8
+
     from PIL import Image
     from tqdm.auto import tqdm
 
@@ -215,7 +192,7 @@ def make_lr_folder(hr_dir: str | os.PathLike, out_dir: str | os.PathLike,
     summary = MakeLRSummary(len(paths), scales, variant, str(out))
     for p in tqdm(paths, desc=f"make-lr x{'/x'.join(map(str, scales))}", unit="img",
                   disable=not progress):
-        hr = _read_uint8(p)
+        hr = read_uint8(p, keep_grey=True)
         for s in scales:
             if hr.shape[0] < s or hr.shape[1] < s:
                 raise BsrnError(f"{p}: {hr.shape[1]}x{hr.shape[0]} is smaller than the scale {s}")

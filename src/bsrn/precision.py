@@ -39,6 +39,10 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ConfigError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from e
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and
+                                  torch.backends.mps.is_available()):
+        raise ConfigError(f"device {str(device)!r} requested but MPS is not available "
+                          "(use cpu or auto)")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"device {str(device)!r} requested but no CUDA GPU is available "

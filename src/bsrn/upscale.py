@@ -125,9 +125,6 @@ class Upscaler:
         if tile is not None and tile < 0 or tile_pad is not None and tile_pad < 0:
             raise ConfigError("tile and tile_pad must be >= 0")
         self.device = resolve_device(device)
-        if self.device.type == "mps" and not torch.backends.mps.is_available():
-            raise ConfigError("device 'mps' requested but Apple MPS is not available here "
-                              "(use cpu or auto)")
         self.precision = resolve_precision(precision, self.device)
         if weights is None:
             weights = _default_weights(scale or DEFAULT_SCALE)

@@ -5,10 +5,12 @@ Submodule names follow the official state dict (``fea_conv``, ``B1``..``Bn``, ``
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from .base import ConfigMixin
 
 from .attention import CCA, ESA, ESA_MIN_SIZE
 from .blocks import ACTIVATIONS, canonical_conv, conv1x1, make_activation, make_conv, pad_to_min
@@ -16,7 +18,7 @@ from .upsamplers import UPSAMPLERS, make_upsampler
 
 
 @dataclass
-class BSRNConfig:
+class BSRNConfig(ConfigMixin):
     """Hyperparameters of one BSRN-family network.
 
     ``attention`` is the block-tail channel attention: "cca" (BSRN), "cw" (BSRN-S learnable
@@ -54,17 +56,6 @@ class BSRNConfig:
             raise ValueError("need num_block >= 1, num_feat >= 4 and replicate >= 1")
         if self.scale not in (1, 2, 3, 4, 8):
             raise ValueError(f"scale must be 1, 2, 3, 4 or 8, got {self.scale}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "BSRNConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown BSRNConfig keys: {', '.join(sorted(unknown))}")
-        return cls(**d)
 
 
 class ESDB(nn.Module):

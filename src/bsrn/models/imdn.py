@@ -2,14 +2,16 @@
 KAIR variant used as the NTIRE 2022 baseline (no CCA, LReLU 0.05)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .base import ConfigMixin
+
 
 @dataclass
-class IMDNConfig:
+class IMDNConfig(ConfigMixin):
     """Hyperparameters of the NTIRE IMDN baseline."""
 
     num_in_ch: int = 3
@@ -17,13 +19,6 @@ class IMDNConfig:
     num_feat: int = 64
     num_block: int = 8
     scale: int = 4
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "IMDNConfig":
-        return cls(**d)
 
 
 def _conv_lrelu(cin, cout):

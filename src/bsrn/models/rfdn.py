@@ -3,17 +3,19 @@ reference. The ``conv`` option swaps its 3x3 convs for BSConvU/BSConvS/DSConv, w
 baseline of BSRN's conv-decomposition ablation."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from .base import ConfigMixin
 
 from .attention import ESA, ESA_MIN_SIZE
 from .blocks import canonical_conv, conv1x1, make_activation, make_conv, pad_to_min
 
 
 @dataclass
-class RFDNConfig:
+class RFDNConfig(ConfigMixin):
     """Hyperparameters of RFDN. ``img_range`` 255 reproduces the official 0-255 I/O."""
 
     num_in_ch: int = 3
@@ -28,13 +30,6 @@ class RFDNConfig:
 
     def __post_init__(self):
         self.conv = canonical_conv(self.conv)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RFDNConfig":
-        return cls(**d)
 
 
 class RFDB(nn.Module):
