@@ -130,7 +130,7 @@ def test_pickles_are_never_executed(tmp_path):
 
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
-        pickle.dump({"params": Evil()}, f)
+        pickle.dump({"params": Evil()}, f, protocol=2)
     with pytest.raises(CheckpointError, match="evil.pth: cannot read weights"):
         bsrn.load_model(path)
 
