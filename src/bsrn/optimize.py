@@ -40,6 +40,7 @@ from torch import nn
 from .errors import ConfigError
 from .models.attention import channel_stats
 from .models.blocks import BSConvS, BSConvU, DSConv, pad_to_min
+from .tiling import _ESDBStages
 from .precision import DTYPES, autocast, fp32_forced, resolve_device, resolve_precision
 
 REWRITES = ("fold", "matmul", "hmerge", "esa_merge", "accumulate", "dense")
@@ -397,38 +398,15 @@ class FastESDB(nn.Module):
         return self.attend(out, x)
 
 
-class _FastESDBStages:
-    """Exact-tiling stages of a FastESDB (see ``bsrn.tiling``)."""
+class _FastESDBStages(_ESDBStages):
+    """Exact-tiling stages of a FastESDB (see ``bsrn.tiling``): the plain ESDB's stages, with
+    the fused part run on channels_last tensors."""
 
     def __init__(self, blk: FastESDB):
         self.blk, self.attention, self.has_esa = blk, blk.attention, blk.has_esa
 
     def fused(self, x):
         return self.blk.fused(x.contiguous(memory_format=torch.channels_last))
-
-    def esa_conv1(self, f):
-        return self.blk.esa.conv1(f)
-
-    def esa_pre(self, f):
-        c1_ = self.blk.esa.conv1(f)
-        return c1_, self.blk.esa.conv_f(c1_)
-
-    def esa_conv2(self, c1_):
-        return self.blk.esa.conv2(c1_)
-
-    def esa_context(self, c2):
-        e = self.blk.esa
-        v = e.act(e.conv_max(e.maxPooling(c2)))
-        return e.conv3_(e.act(e.conv3(v)))
-
-    def esa_mask(self, up, cf):
-        return torch.sigmoid(self.blk.esa.conv4(up + cf))
-
-    def cca_gate(self, stats):
-        return self.blk.cca.gate(stats)
-
-    def cw_out(self, e):
-        return self.blk.conv_out(e * self.blk.cw)
 
 
 class _FastStages:
