@@ -43,3 +43,23 @@ def golden():
 def dataset():
     """Path factory for benchmark folders: dataset('Set5')."""
     return lambda name: _need(DATASETS / name)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and do not fight the other tests for cores)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.fixture(scope="module")
+def tiny_x2_weights(tmp_path_factory):
+    """A tiny x2 BSRN (16 features, 1 block) with random weights, saved like real weights."""
+    import bsrn
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "tiny_x2.safetensors"
+    bsrn.save_model(bsrn.create_model("bsrn", scale=2, num_feat=16, num_block=1), path)
+    return str(path)

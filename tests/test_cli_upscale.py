@@ -16,20 +16,12 @@ from bsrn.image_io import read_image, write_image
 RNG = np.random.default_rng(2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "tiny_x2.safetensors"
-    bsrn.save_model(bsrn.create_model("bsrn", scale=2, num_feat=16, num_block=1), path)
-    return str(path)
+def weights(tiny_x2_weights):
+    return tiny_x2_weights
 
 
 def rgb(h=12, w=10, c=3):

@@ -5,6 +5,8 @@ directly from the loaded weights (no upscale code involved), rounded by hand.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -19,22 +21,12 @@ from bsrn.upscale import Upscaler
 RNG = np.random.default_rng(1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight the other tests for cores)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    """A tiny x2 BSRN (16 features, 1 block) with random weights, saved like real weights."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "tiny_x2.safetensors"
-    bsrn.save_model(bsrn.create_model("bsrn", scale=2, num_feat=16, num_block=1), path)
-    return path
+def weights(tiny_x2_weights):
+    return Path(tiny_x2_weights)
 
 
 @pytest.fixture(scope="module")
