@@ -2,6 +2,7 @@
 16-bit colour kinds Pillow cannot write, by hand with zlib and struct)."""
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import zlib
@@ -23,7 +24,9 @@ def rand(h, w, c=None, dtype=np.uint8):
     return RNG.integers(0, hi, shape, dtype=dtype)
 
 
+@functools.lru_cache(maxsize=None)
 def srgb_icc() -> bytes:
+    """One sRGB profile per run (the profile embeds its creation time, so two calls can differ)."""
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
