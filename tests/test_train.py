@@ -58,6 +58,15 @@ def test_loss_falls_and_run_folder_is_complete(dataset, tmp_path):
     run = Path(res["run_dir"])
     for name in ("config.yaml", "train.log", "log.jsonl", "model.safetensors", "best.safetensors"):
         assert (run / name).is_file(), name
+    # log.csv holds the same rows as log.jsonl, under fixed columns
+    import csv
+    with open(run / "log.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    rows = [json.loads(r) for r in (run / "log.jsonl").read_text().splitlines()]
+    assert len(table) == len(rows) == 40 + 2
+    for t, r in zip(table, rows):
+        assert {k for k, v in t.items() if v} == set(r)
+        assert all(float(t[k]) == pytest.approx(r[k], rel=1e-12) for k in r)
     assert list((run / "tb").glob("events.*")) and list((run / "val_images").glob("*.png"))
     model = load_model(res["weights"])  # the EMA weights, rebuilt from their own metadata
     assert model.scale == 2 and model.cfg.num_feat == 8
@@ -91,6 +100,9 @@ def test_resume_after_kill_reproduces_every_loss(dataset, tmp_path):
     want, got = _losses(ref["run_dir"]), _losses(run)
     assert sorted(got) == list(range(1, n + 1))
     assert got == want
+    # the CSV log was cut back to the checkpoint as well: one row per step, no duplicates
+    steps = [int(line.split(",")[0]) for line in (run / "log.csv").read_text().splitlines()[1:]]
+    assert steps == list(range(1, n + 1))
     a = load_model(ref["weights"]).state_dict()
     b = load_model(Path(run) / "model.safetensors").state_dict()
     assert all(torch.equal(a[key], b[key]) for key in a)

@@ -3,7 +3,7 @@
 Every feature is a visible branch of the loop: AMP (bf16, or fp16 with a grad scaler),
 channels_last, torch.compile, EMA of the weights, the BSConv-S orthonormality term, gradient-norm
 logging and a NaN/Inf guard, DDP under ``torchrun`` (rank logic lives here), atomic checkpoints
-with resume, periodic Y-channel validation, TensorBoard + JSONL logs and a tqdm bar.
+with resume, periodic Y-channel validation, TensorBoard + JSONL/CSV logs and a tqdm bar.
 
 Run it with ``bsrn train --config configs/bsrn_x4.yaml`` or, on N processes,
 ``torchrun --nproc_per_node N -m bsrn train --config ...``.
@@ -103,21 +103,31 @@ def _find_bad_grad(model) -> str:
     return "?"
 
 
-class _JsonlLog:
-    """Plain log: one JSON object per line (train rows and val rows)."""
+class _RunLog:
+    """Plain logs of the run: ``log.jsonl`` (one JSON object per row) and ``log.csv`` (the same
+    rows under fixed columns, for spreadsheets). A resumed run drops rows written after its
+    checkpoint, so both files read as one uninterrupted run."""
 
-    def __init__(self, path: Path, resume_step: int):
-        self.path = path
-        if resume_step and path.is_file():  # drop rows a killed run wrote after its checkpoint
-            rows = [r for r in path.read_text().splitlines() if r.strip()]
-            keep = [r for r in rows if json.loads(r).get("step", 0) <= resume_step]
-            path.write_text("".join(r + "\n" for r in keep))
-        elif not resume_step:
-            path.write_text("")
+    COLUMNS = ("step", "loss", "lr", "grad_norm", "it_s", "val_psnr", "val_ssim", "time")
+
+    def __init__(self, run_dir: Path, resume_step: int):
+        self.jsonl, self.csv = run_dir / "log.jsonl", run_dir / "log.csv"
+        rows = []
+        if resume_step and self.jsonl.is_file():
+            rows = [json.loads(r) for r in self.jsonl.read_text().splitlines() if r.strip()]
+            rows = [r for r in rows if r.get("step", 0) <= resume_step]
+        self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        self.csv.write_text(",".join(self.COLUMNS) + "\n" + "".join(map(self._csv_line, rows)))
+
+    @classmethod
+    def _csv_line(cls, row: dict) -> str:
+        return ",".join("" if row.get(c) is None else repr(row[c]) for c in cls.COLUMNS) + "\n"
 
     def write(self, row: dict):
-        with open(self.path, "a") as f:
+        with open(self.jsonl, "a") as f:
             f.write(json.dumps(row) + "\n")
+        with open(self.csv, "a") as f:
+            f.write(self._csv_line(row))
 
 
 def _save_val_crops(model, cfg, step, run_dir, device, tb):
@@ -266,7 +276,7 @@ def train(cfg: TrainConfig | str | os.PathLike, overrides: list[str] | None = No
     # --- logs
     tb = jlog = None
     if is_main:
-        jlog = _JsonlLog(run_dir / "log.jsonl", step)
+        jlog = _RunLog(run_dir, step)
         if cfg.run.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             tb = SummaryWriter(str(run_dir / "tb"), purge_step=step or None)
