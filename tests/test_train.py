@@ -129,3 +129,20 @@ def test_warm_start_copies_the_body_not_the_upsampler(dataset, tmp_path):
     a, b = load_model(x2["weights"]).state_dict(), x4["model"].state_dict()
     assert torch.allclose(a["fea_conv.pw.weight"], b["fea_conv.pw.weight"], atol=1e-9)
     assert a["upsampler.upsampleOneStep.0.weight"].shape != b["upsampler.upsampleOneStep.0.weight"].shape
+
+
+def test_plot_log_chains_training_stages(tmp_path):
+    """Stage 2 (warm-started from stage 1) is drawn after stage 1, not on top of it."""
+    from bsrn.plots import curves
+    for name, rows in (("s1", [(20, 0.05), (40, 0.04)]), ("s2", [(20, 0.03), (30, 0.02)])):
+        (tmp_path / name).mkdir()
+        lines = [json.dumps({"step": s, "loss": v}) for s, v in rows]
+        lines.append(json.dumps({"step": rows[-1][0], "val_psnr": 30.0 + rows[-1][0] / 100}))
+        (tmp_path / name / "log.jsonl").write_text("\n".join(lines) + "\n")
+    runs = [tmp_path / "s1", tmp_path / "s2"]
+    (_, a0, (ax, _), _), (_, b0, (bx, by), (bvx, bvy)) = curves(runs, chain=True)
+    assert (a0, ax, b0, bx, by) == (0, [20, 40], 40, [60, 70], [0.03, 0.02])
+    assert (bvx, bvy) == ([70], [30.3])
+    assert curves(runs)[1][2][0] == [20, 30]  # not chained: each run from step 0
+    assert main(["plot-log", *map(str, runs), "--chain", "--out", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").stat().st_size > 1000

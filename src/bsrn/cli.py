@@ -102,6 +102,8 @@ def _add_plot_log(sub):
     p.add_argument("--title")
     p.add_argument("--baseline", action="append", default=[], metavar="LABEL=DB",
                    help="dashed reference PSNR line, e.g. --baseline bicubic=28.42 (repeatable)")
+    p.add_argument("--chain", action="store_true",
+                   help="draw the runs one after another (training stages of one model)")
     p.set_defaults(func=_run_plot_log)
 
 
@@ -116,7 +118,8 @@ def _run_plot_log(args):
         except ValueError:
             raise BsrnError(f"--baseline {item!r}: expected LABEL=DB, e.g. bicubic=28.42") \
                 from None
-    print(plot_training_log(args.run_dir, args.out, title=args.title, baselines=baselines))
+    print(plot_training_log(args.run_dir, args.out, title=args.title, baselines=baselines,
+                            chain=args.chain))
     return 0
 
 
