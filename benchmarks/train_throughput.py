@@ -5,6 +5,10 @@ Also times the two data loaders (worker processes vs the device-resident crop sa
 
     python benchmarks/train_throughput.py                    # GPU when present, else CPU
     python benchmarks/train_throughput.py --iters 2 --reps 2 --batch 16 --patch 32   # CPU, ~1 min
+    python benchmarks/train_throughput.py --shapes 8x24,16x32,32x24 --iters 10 --loaders ''
+
+``--shapes BxP,...`` instead compares batch shapes of the fast path: LR pixels/s (batch x patch^2
+per second, the quantity a fixed compute budget buys) relative to the first shape.
 
 Fast-path defaults: CUDA -> bf16 autocast + channels_last + fused Adam (+ --compile);
 CPU -> channels_last, fp32 (CPU bf16 autocast is far slower on most CPUs; try --amp bf16).
@@ -81,6 +85,31 @@ def loader_rates(device, batch, patch, scale, data, workers, steps):
     return out
 
 
+def compare_shapes(args, device, amp, dev_name):
+    """LR pixels/s of the fast path at several (batch, patch) shapes, relative to the first."""
+    try:
+        shapes = [tuple(int(v) for v in item.lower().split("x")) for item in args.shapes.split(",")]
+        assert all(len(sh) == 2 and min(sh) > 0 for sh in shapes)
+    except (ValueError, AssertionError):
+        raise SystemExit(f"--shapes {args.shapes!r}: expected BATCHxPATCH[,...], e.g. 8x24,16x32")
+    print(f"BSRN x{args.scale} fast path (amp={amp}{', compile' if args.compile else ''}) "
+          f"on {dev_name}: LR pixels/s by batch shape")
+    steps = {sh: make_step(device, sh[0], sh[1], args.scale, True, amp, args.compile)
+             for sh in shapes}
+    for step in steps.values():
+        for _ in range(args.warmup):
+            step()
+    rates = {sh: [] for sh in shapes}
+    for _ in range(args.reps):  # interleaved
+        for sh, step in steps.items():
+            rates[sh].append(timed(step, args.iters, device) * sh[0] * sh[1] ** 2 / 1e3)
+    base = statistics.median(rates[shapes[0]])
+    for (b, p), r in rates.items():
+        m = statistics.median(r)
+        print(f"  batch {b:4d} x {p:3d} px  {m * 1e3 / (b * p * p):8.3f} it/s  {m:9.1f} kpx/s  "
+              f"x{m / base:.2f}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", type=int, default=4)
@@ -97,6 +126,8 @@ def main(argv=None):
     ap.add_argument("--loaders", default="../shared/datasets/T91",
                     help="HR folder to time the two data loaders on ('' to skip)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--shapes", default="",
+                    help="compare fast-path batch shapes, e.g. 8x24,16x32 (batch x LR patch px)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -104,6 +135,8 @@ def main(argv=None):
     amp = args.amp or ("bf16" if device.type == "cuda" else "none")
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU ({torch.get_num_threads()} threads)"
+    if args.shapes:
+        return compare_shapes(args, device, amp, dev_name)
     print(f"BSRN x{args.scale}, batch {args.batch}, {args.patch} px LR patches, on {dev_name}")
     steps = {"fp32 eager (baseline)": make_step(device, args.batch, args.patch, args.scale,
                                                 False, "none", False),
