@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,3 +169,21 @@ def test_error_paths(official, hr_only, tmp_path, capsys):
             resolve_device("cuda")
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_model_card_matches_the_shipped_weights(dataset, scale):
+    """docs/models.md's Set5 row for each bundled file is what that file scores (matlab LR), and
+    the margin over bicubic it states is the real one."""
+    import re
+    name = f"bsrn-x{scale}"
+    if name not in bundled_weights():
+        pytest.skip(f"bundled {name} weights not present in this checkout")
+    card = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
+    row = re.search(rf"^\| `{name}` \|[^|]*\| \*\*([0-9.]+)\*\* / ([0-9.]+) \|.*\| ([+-][0-9.]+) dB \|"
+                    rf"[^|]*\|$", card, re.M)
+    bic = re.search(rf"^\| bicubic x{scale} \| \| ([0-9.]+) / ", card, re.M)
+    assert row and bic, f"docs/models.md has no Set5 row for {name}"
+    res = evaluate(load_model(name), dataset("Set5"), scale, lr_source="matlab", progress=False)
+    assert f"{res.psnr:.2f}" == row.group(1) and f"{res.ssim:.4f}" == row.group(2)
+    assert f"{res.psnr - float(bic.group(1)):+.2f}" == row.group(3)
