@@ -10,7 +10,7 @@ from torch import nn
 from bsrn.errors import ConfigError
 from bsrn.models import create_model
 from bsrn.models.attention import CCA, channel_stats
-from bsrn.precision import fp32_forced, resolve_device, resolve_precision, run
+from bsrn.precision import resolve_device, resolve_precision, run
 
 CPU = torch.device("cpu")
 
@@ -78,26 +78,34 @@ def test_run_retries_in_fp32_when_half_output_is_not_finite():
     assert torch.equal(y, x * 2) and y.dtype == torch.float32
 
 
-def test_run_fp32_retry_also_covers_fast_modules_with_their_own_precision():
-    from bsrn.optimize import optimize
+def test_run_retry_covers_rewritten_and_tiled_forwards():
+    """Autocast and the fp32 retry live in run() alone: a rewritten network, tiled or not,
+    that overflows under bf16 autocast is repeated in exact fp32."""
+    import bsrn
+    from bsrn.tiling import forward_tiled
 
     torch.manual_seed(0)
     model = create_model("bsrn", scale=2, num_feat=16, num_block=1).eval()
-    fast = optimize(model, precision="bf16")
+    fast = bsrn.optimize(model)
     seen = []
 
-    def poisoned(x):  # a bf16 forward that overflows; the fp32 retry is clean
-        seen.append(fp32_forced())
-        y = fast(x)
-        return y if fp32_forced() else y * float("inf")
+    def poisoned(forward):
+        def f(x):  # overflows only under autocast
+            half = torch.is_autocast_enabled("cpu")
+            seen.append(half)
+            y = forward(x)
+            return y * float("inf") if half else y
+        return f
 
-    poisoned.precision = "bf16"
     x = torch.rand(1, 3, 20, 20)
-    with pytest.warns(RuntimeWarning):
-        y = run(poisoned, x, "fp32", "cpu")
-    assert seen == [False, True]
     with torch.no_grad():
-        assert (y - model(x)).abs().max() < 1e-5  # the retry really ran in fp32
+        ref = model(x)
+    for forward in (fast, lambda t: forward_tiled(fast, t, tile=16)):
+        seen.clear()
+        with pytest.warns(RuntimeWarning, match="non-finite"):
+            y = run(poisoned(forward), x, "bf16", "cpu")
+        assert seen == [True, False]
+        assert (y - ref).abs().max() < 1e-5  # the retry really ran in fp32
 
 
 def _psnr(a, b):

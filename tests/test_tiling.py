@@ -89,15 +89,6 @@ def test_exact_tiling_batch_and_bsrn_s_and_variants():
 
 
 @torch.no_grad()
-def test_exact_tiling_with_fast_path(small_bsrn):
-    from bsrn.optimize import optimize
-
-    fast = optimize(small_bsrn)
-    x = _image(50, 61, 3)
-    assert (forward_tiled(fast, x, tile=20) - small_bsrn(x)).abs().max() < 1e-5
-
-
-@torch.no_grad()
 def test_official_x4_exact_beats_naive_on_real_image(official, dataset):
     from bsrn.checkpoint import load_model
     from bsrn.image_io import read_rgb_uint8
@@ -121,15 +112,36 @@ def test_official_x4_exact_beats_naive_on_real_image(official, dataset):
     assert np.isfinite(p_naive)
 
 
+class _GlobalNet(torch.nn.Module):
+    """A network with a whole-image statistic and neither stages nor a halo."""
+
+    scale = 2
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 12, 3, 1, 1)
+        self.shuffle = torch.nn.PixelShuffle(2)
+
+    def forward(self, x):
+        return self.shuffle(self.conv(x) * x.mean())
+
+
 @torch.no_grad()
-def test_non_bsrn_falls_back_to_padded_tiling_with_warning():
-    torch.manual_seed(0)
-    m = create_model("rfdn", scale=2, num_feat=16, num_block=1).eval()
+def test_unstaged_networks_fall_back_to_padded_tiling_with_warning():
+    m = _GlobalNet().eval()
     assert not supports_exact(m)
     x = _image(40, 40)
     with pytest.warns(UserWarning, match="no exact tiled forward"):
         y = forward_tiled(m, x, tile=20, tile_pad=12)
-    assert y.shape == (1, 3, 80, 80)
+    assert y.shape == (1, 3, 80, 80) and (y - m(x)).abs().max() > 1e-4
+
+
+@torch.no_grad()
+def test_local_networks_tile_exactly_with_their_halo():
+    m = _lively(create_model("imdn", scale=2, num_feat=16, num_block=2))
+    assert supports_exact(m) and m.halo == 11
+    x = _image(45, 52, 6)
+    assert (forward_tiled(m, x, tile=16) - m(x)).abs().max() < 1e-5
 
 
 @torch.no_grad()

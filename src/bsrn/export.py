@@ -10,9 +10,8 @@ PyTorch model. Like the network itself, exported graphs need inputs of at least 
 (15 px for BSRN): the small-input padding of the PyTorch module is a Python branch that tracing
 freezes.
 
-``optimize=True`` exports the exact rewrites of :mod:`bsrn.optimize` that suit a graph runtime
-(replication folded into fea_conv, horizontally merged 1x1s as ONNX ``Conv``), not the CPU-eager
-matmul layout.
+``optimize=True`` exports the exact rewrite of :mod:`bsrn.rewrite` that suits a graph runtime
+(the replication folded into fea_conv), not the CPU-eager matmul layout.
 """
 from __future__ import annotations
 
@@ -38,12 +37,11 @@ def _export_module(model: nn.Module, optimize: bool) -> nn.Module:
     if not optimize:
         return model
     from .models.bsrn import BSRN
-    from .optimize import optimize as _optimize
+    from .rewrite import optimize as _optimize
 
     if not isinstance(model, BSRN):
         return model
-    return _optimize(model, "cpu", "fp32", rewrites=("fold", "hmerge"),
-                     fuse="none").set_inplace(False)
+    return _optimize(model, "cpu", rewrites=("fold",))
 
 
 def _dummy(model: nn.Module, n: int = 1, h: int = 32, w: int = 32, seed: int = 0) -> torch.Tensor:
@@ -158,10 +156,9 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, optimize: bool
     path = Path(path)
     src = model.eval().float().cpu()
     if optimize:
-        from .optimize import optimize as _optimize
+        from .rewrite import optimize as _optimize
 
-        net = _optimize(src, "cpu", "fp32", rewrites=("fold", "matmul", "hmerge"),
-                        fuse="none").set_inplace(False)
+        net = _optimize(src, "cpu", rewrites=("fold", "matmul"), fuse="none")
     else:
         net = src
     dummy = _dummy(net, 1, 32, 32)

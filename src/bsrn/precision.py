@@ -14,7 +14,6 @@ image.
 from __future__ import annotations
 
 import contextlib
-import threading
 import warnings
 from typing import Callable
 
@@ -81,25 +80,6 @@ def resolve_precision(precision: str | None, device: str | torch.device) -> str:
     return p
 
 
-_STATE = threading.local()
-
-
-def fp32_forced() -> bool:
-    """True inside :func:`force_fp32` (modules with a built-in precision then run fp32)."""
-    return getattr(_STATE, "force_fp32", False)
-
-
-@contextlib.contextmanager
-def force_fp32():
-    """Make modules that carry their own precision (``bsrn.optimize``) run in fp32."""
-    old = fp32_forced()
-    _STATE.force_fp32 = True
-    try:
-        yield
-    finally:
-        _STATE.force_fp32 = old
-
-
 def autocast(precision: str, device: torch.device, cache_enabled: bool = True):
     """The autocast context for ``precision`` on ``device`` (a no-op for fp32).
     ``cache_enabled=False`` is required while capturing CUDA graphs."""
@@ -136,8 +116,6 @@ def run(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
     """
     device = resolve_device(device) if device is not None else x.device
     precision = resolve_precision(precision, device)
-    if precision == "fp32":  # a module built for half precision (bsrn.optimize) is guarded too
-        precision = getattr(model, "precision", "fp32")
     x = x.to(device)
     with torch.inference_mode():
         if precision != "fp32":
@@ -149,5 +127,5 @@ def run(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
             warnings.warn(f"{precision} forward produced non-finite values; repeating in fp32",
                           RuntimeWarning, stacklevel=2)
             del out
-        with exact_fp32(device), force_fp32():
+        with exact_fp32(device):
             return model(x).float()

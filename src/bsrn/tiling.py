@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
+from .models.attention import ESA
 
 #: Halo of an ESDB body: four sequential 3x3 convs (c1_r, c2_r, c3_r, c4).
 BODY_HALO = 4
@@ -93,81 +94,14 @@ def _progress(total: int, enabled: bool, desc: str):
     return tqdm(total=total, desc=desc, unit="tile", disable=not enabled, leave=False)
 
 
-# ----------------------------------------------------------------------------- stage adapters
-class _ESDBStages:
-    """The stages of one ESDB that the exact engine calls (see module docstring)."""
-
-    def __init__(self, blk):
-        self.blk = blk
-        self.attention = blk.attention
-        esa = blk.esa
-        self.has_esa = not isinstance(esa, nn.Identity)
-
-    def fused(self, x):
-        return self.blk.fused(x)
-
-    def esa_pre(self, f):
-        """(conv1(f), conv_f(conv1(f))): both pointwise."""
-        e = self.blk.esa
-        c1_ = e.conv1(f)
-        return c1_, e.conv_f(c1_)
-
-    def esa_conv1(self, f):
-        return self.blk.esa.conv1(f)
-
-    def esa_conv2(self, c1_):
-        return self.blk.esa.conv2(c1_)
-
-    def esa_context(self, c2):
-        e = self.blk.esa
-        v = e.maxPooling(c2)
-        v = e.act(e.conv_max(v))
-        c3 = e.act(e.conv3(v))
-        return e.conv3_(c3)
-
-    def esa_mask(self, up, cf):
-        return torch.sigmoid(self.blk.esa.conv4(up + cf))
-
-    def cca_gate(self, stats):
-        return self.blk.cca.gate(stats)
-
-    def cw_out(self, e):
-        return self.blk.conv_out(e * self.blk.cw)
-
-
-class _BSRNStages:
-    """Whole-network stages of a ``BSRN`` for the exact engine."""
-
-    def __init__(self, model):
-        self.model = model
-        cfg = model.cfg
-        self.replicate = cfg.replicate
-        self.blocks = [_ESDBStages(b) for b in model.blocks()]
-        w = model.c1.weight
-        self.c1_weight = w.reshape(w.shape[0], w.shape[1])
-        self.c1_bias = model.c1.bias
-        self.num_feat = cfg.num_feat
-        self.channels_last = False
-
-    def head(self, x):
-        if self.replicate > 1:
-            x = torch.cat([x] * self.replicate, dim=1)
-        return self.model.fea_conv(x)
-
-    def tail(self, acc, fea):
-        m = self.model
-        return m.upsampler(m.c2(m.act(acc)) + fea)
-
-
 def _stages(model):
-    """Exact-tiling stages for ``model``, or None when it is not a BSRN-family network."""
-    if hasattr(model, "tiling_stages"):
-        return model.tiling_stages()
-    from .models.bsrn import BSRN
+    """The network whose stages the exact engine runs (BSRN, RFDN), or None."""
+    from .models.base import DistillationNet
 
-    if isinstance(model, BSRN):
-        return _BSRNStages(model)
-    return None
+    model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
+    if not isinstance(model, DistillationNet):  # CUDA-graph wrapper
+        model = getattr(model, "model", model)
+    return model if isinstance(model, DistillationNet) else None
 
 
 # ----------------------------------------------------------------------------- naive tiling
@@ -196,108 +130,140 @@ def _strip_rows(tile: int, w: int) -> int:
     return max(8, (tile * tile) // max(1, w))
 
 
-def _forward_exact(st, x, tile, progress):
+#: Relative cost per LR pixel of each pass of the exact schedule (progress bar weights).
+_COST_HEAD, _COST_BODY, _COST_STRIPS, _COST_TAIL = 0.05, 1.0, 0.2, 0.6
+
+
+class _Progress:
+    """A progress bar over the whole schedule, in output pixels, weighted by each pass's cost,
+    so its rate and ETA stay steady from the first block to the tail."""
+
+    def __init__(self, model, n, h, w, enabled):
+        from tqdm.auto import tqdm
+
+        s = int(getattr(model, "scale", 1))
+        nblk = len(model.blocks())
+        self.per_lr_px = n * s * s / (_COST_HEAD + nblk * (_COST_BODY + _COST_STRIPS) + _COST_TAIL)
+        self.bar = tqdm(total=n * h * w * s * s, desc="upscale", unit="px", unit_scale=True,
+                        disable=not enabled, leave=False, smoothing=0.05)
+
+    def __call__(self, lr_px: int, cost: float):
+        self.bar.update(lr_px * cost * self.per_lr_px)
+
+    def close(self):
+        self.bar.update(self.bar.total - self.bar.n)
+        self.bar.close()
+
+
+def _var_mean_update(count, mean, m2, e):
+    """Chan's parallel update of per-channel (count, mean, M2) with the strip ``e``; float64
+    running values, float32 strip statistics."""
+    k = e.shape[2] * e.shape[3]
+    var_s, mean_s = torch.var_mean(e.float(), dim=(2, 3), correction=0)
+    mean_s, m2_s = mean_s.double(), var_s.double() * k
+    if count == 0:
+        return k, mean_s, m2_s
+    total = count + k
+    delta = mean_s - mean
+    return total, mean + delta * (k / total), m2 + m2_s + delta.pow(2) * (count * k / total)
+
+
+def _forward_exact(model, x, tile, progress):
+    """The block-synchronous schedule over ``model``'s stages (see the module docstring)."""
     n, _, h, w = x.shape
     dev = x.device
-    fmt = torch.channels_last if st.channels_last else torch.contiguous_format
-    c = st.num_feat
+    fmt = getattr(model, "memory_format", torch.contiguous_format)
+    c = model.cfg.num_feat
     ys, xs = spans(h, tile), spans(w, tile)
     tiles = [(a, b, cc, d) for a, b in ys for cc, d in xs]
     rows = _strip_rows(tile, w)
     strips = [(a, min(h, a + rows)) for a in range(0, h, rows)]
-    nblk = len(st.blocks)
 
     def buf():
         return torch.empty((n, c, h, w), device=dev, dtype=torch.float32, memory_format=fmt)
 
+    def crop(t, a, b, cc, d, halo):
+        a0, b0 = _grow(a, b, halo, h)
+        c0, d0 = _grow(cc, d, halo, w)
+        return t[:, :, a0:b0, c0:d0].contiguous(memory_format=fmt), (a - a0, cc - c0)
+
     feat, esa_out, acc = buf(), buf(), buf()
-    bar = _progress(len(tiles) * (nblk + 2), progress, "exact tiles")
-    # fea_conv: the first block input (also the long skip, recomputed per tile in the tail).
-    for a, b, cc, d in tiles:
-        a0, b0 = _grow(a, b, 1, h)
-        c0, d0 = _grow(cc, d, 1, w)
-        f = st.head(x[:, :, a0:b0, c0:d0])
-        feat[:, :, a:b, cc:d] = f[:, :, a - a0:b - a0, cc - c0:d - c0]
-        bar.update()
+    bar = _Progress(model, n, h, w, progress)
+    for a, b, cc, d in tiles:  # head: the first block input (and the long skip)
+        f, (oy, ox) = crop(x, a, b, cc, d, 1)
+        feat[:, :, a:b, cc:d] = model.head(f)[:, :, oy:oy + b - a, ox:ox + d - cc]
+        bar((b - a) * (d - cc), _COST_HEAD)
     h2, w2 = (h - 3) // 2 + 1, (w - 3) // 2 + 1
-    for k, blk in enumerate(st.blocks):
-        # 1. block body up to c5, per tile with halo.
+    for k, blk in enumerate(model.blocks()):
+        # 1. the block body up to c5, per tile with its halo
         for a, b, cc, d in tiles:
-            a0, b0 = _grow(a, b, BODY_HALO, h)
-            c0, d0 = _grow(cc, d, BODY_HALO, w)
-            f = blk.fused(feat[:, :, a0:b0, c0:d0])
-            esa_out[:, :, a:b, cc:d] = f[:, :, a - a0:b - a0, cc - c0:d - c0]
-            bar.update()
-        # 2. ESA context on the whole image (conv2 in strips aligned to its stride).
-        if blk.has_esa:
+            f, (oy, ox) = crop(feat, a, b, cc, d, BODY_HALO)
+            esa_out[:, :, a:b, cc:d] = blk.body(f)[:, :, oy:oy + b - a, ox:ox + d - cc]
+            bar((b - a) * (d - cc), _COST_BODY)
+        # 2. ESA's low-resolution context on the whole image (conv2 in strips on its stride)
+        esa = blk.esa if isinstance(blk.esa, ESA) else None
+        if esa is not None:
             c2 = None
             orows = max(1, rows // 2)
             for i0 in range(0, h2, orows):
                 i1 = min(h2, i0 + orows)
-                c1_ = blk.esa_conv1(esa_out[:, :, 2 * i0:2 * (i1 - 1) + 3])
-                part = blk.esa_conv2(c1_)
+                part = esa.conv2(esa.conv1(esa_out[:, :, 2 * i0:2 * (i1 - 1) + 3]))
                 if c2 is None:
                     c2 = part.new_empty((n, part.shape[1], h2, w2))
                 c2[:, :, i0:i1] = part
-            c3 = blk.esa_context(c2).float()
-            rx = _bilinear_matrix(w, c3.shape[3], dev)
+            c3 = esa.context(c2).float()
             ry = _bilinear_matrix(h, c3.shape[2], dev)
-            c3w = torch.einsum("nchw,xw->nchx", c3, rx)  # (n, f, Hp, W)
-        # 3. ESA output in strips, and CCA sums.
-        s1 = torch.zeros((n, c), device=dev, dtype=torch.float64)
+            c3w = torch.einsum("nchw,xw->nchx", c3, _bilinear_matrix(w, c3.shape[3], dev))
+        # 3. in strips: ESA mask and output, and CCA's whole-image statistics
+        count, mean, m2 = 0, None, None
         for a, b in strips:
             e = esa_out[:, :, a:b]
-            if blk.has_esa:
-                _, cf = blk.esa_pre(e)
-                up = torch.einsum("yh,nchx->ncyx", ry[a:b], c3w)
-                e = e * blk.esa_mask(up.to(cf.dtype), cf)
-                esa_out[:, :, a:b] = e
+            if esa is not None:
+                up = torch.einsum("yh,nchx->ncyx", ry[a:b], c3w).contiguous(memory_format=fmt)
+                e.mul_(esa.mask(esa.conv1(e), up.to(e.dtype)))
             if blk.attention == "cca":
-                s1 += e.sum(dim=(2, 3), dtype=torch.float64)
+                count, mean, m2 = _var_mean_update(count, mean, m2, e)
+        gate = None
         if blk.attention == "cca":
-            mu = s1 / (h * w)
-            s2 = torch.zeros_like(s1)
-            mu32 = mu[:, :, None, None]
-            for a, b in strips:
-                s2 += (esa_out[:, :, a:b].double() - mu32).pow(2).sum(dim=(2, 3))
-            stats = ((s2 / (h * w)).sqrt() + mu).float()[:, :, None, None]
-            gate = blk.cca_gate(stats).float()
-        # 4. block output and the c1 accumulation.
-        wk = st.c1_weight[:, k * c:(k + 1) * c]
+            stats = ((m2 / count).sqrt() + mean).float()[:, :, None, None]
+            gate = blk.cca.gate(stats).float()
+        # 4. in strips: the block output (into esa_out, which becomes the block state) and the
+        #    multi-level fusion acc += W_k B_k
         for a, b in strips:
             e = esa_out[:, :, a:b]
-            if blk.attention == "cca":
-                e = e * gate
-            elif blk.attention == "cw":
-                e = blk.cw_out(e)
-            fs = feat[:, :, a:b]
-            fs += e
-            contrib = _pointwise(fs, wk, st.c1_bias if k == 0 else None)
+            out = blk.output(e, feat[:, :, a:b], gate)
+            if out.data_ptr() != e.data_ptr():
+                e.copy_(out)
             if k == 0:
-                acc[:, :, a:b] = contrib
+                acc[:, :, a:b] = model.fuse(None, 0, e)
             else:
-                acc[:, :, a:b] += contrib
+                v = acc[:, :, a:b]
+                r = model.fuse(v, k, e)
+                if r.data_ptr() != v.data_ptr():
+                    v.copy_(r)
+            bar((b - a) * w, _COST_STRIPS)
+        feat, esa_out = esa_out, feat
     del feat, esa_out
-    # 5. tail per tile with halo.
-    s = None
+    # 5. the tail per tile with its halo (head recomputed for the long skip)
     out = None
     for a, b, cc, d in tiles:
-        a0, b0 = _grow(a, b, TAIL_HALO, h)
-        c0, d0 = _grow(cc, d, TAIL_HALO, w)
-        y = st.tail(acc[:, :, a0:b0, c0:d0], st.head(x[:, :, a0:b0, c0:d0]))
+        t, (oy, ox) = crop(acc, a, b, cc, d, TAIL_HALO)
+        xt, _ = crop(x, a, b, cc, d, TAIL_HALO)
+        y = model.tail(t.clone(memory_format=fmt), model.head(xt))
+        s = y.shape[2] // t.shape[2]
         if out is None:
-            s = y.shape[2] // (b0 - a0)
             out = torch.empty((n, y.shape[1], h * s, w * s), device=dev, dtype=torch.float32)
-        out[:, :, a * s:b * s, cc * s:d * s] = y[:, :, (a - a0) * s:(b - a0) * s,
-                                                 (cc - c0) * s:(d - c0) * s]
-        bar.update()
+        out[:, :, a * s:b * s, cc * s:d * s] = y[:, :, oy * s:(oy + b - a) * s,
+                                                 ox * s:(ox + d - cc) * s]
+        bar((b - a) * (d - cc), _COST_TAIL)
     bar.close()
     return out
 
 
 def supports_exact(model: nn.Module) -> bool:
-    """Whether ``model`` has an exact tiled forward (BSRN family, incl. optimized BSRN)."""
-    return _stages(model) is not None
+    """Whether ``model`` has an exact tiled forward: staged (BSRN, RFDN, rewritten or not) or
+    local with a known ``halo`` (IMDN)."""
+    return _stages(model) is not None or getattr(model, "halo", None) is not None
 
 
 @torch.no_grad()
@@ -321,11 +287,13 @@ def forward_tiled(model: nn.Module, x: torch.Tensor, tile: int, tile_pad: int = 
     if h < min_size or w < min_size or (h <= tile and w <= tile):
         return model(x).float()
     st = _stages(model) if exact else None
-    if exact and st is None:
+    if exact and st is None and getattr(model, "halo", None) is None:
         warnings.warn(f"{type(model).__name__} has no exact tiled forward; using padded tiling "
                       f"(tile_pad={tile_pad}), which changes the output slightly", stacklevel=2)
     if st is None:
         tile = max(tile, min_size)
+        if exact and getattr(model, "halo", None) is not None:  # local network: exact
+            tile_pad = model.halo
         return _forward_naive(model, x, tile, tile_pad, progress)
     return _forward_exact(st, x, max(tile, 16), progress)
 
@@ -418,8 +386,7 @@ def forward_auto(model: nn.Module, x: torch.Tensor, device: str | torch.device |
     from .precision import resolve_device, run
 
     device = resolve_device(device) if device is not None else x.device
-    if precision in (None, "fp32"):
-        precision = getattr(model, "precision", "fp32")
+    precision = precision or "fp32"
     x = x.to(device)
     _, _, h, w = x.shape
 

@@ -34,7 +34,7 @@ from .checkpoint import bundled_weights, load_model
 from .errors import BsrnError, CheckpointError, ConfigError, ImageError
 from .image_io import (DEFAULT_MAX_PIXELS, IMAGE_EXTS, Picture, picture_from_pil, read_image,
                        stores_alpha, to_8bit, write_image)
-from .optimize import optimize as _optimize
+from .rewrite import optimize as _optimize
 from .precision import resolve_device, resolve_precision
 from .tiling import forward_auto
 
@@ -147,8 +147,7 @@ class Upscaler:
                           f"x{self.scale / self.native_scale:g} to x{self.scale:g} is MATLAB "
                           "bicubic, not super-resolution", stacklevel=2)
         if not plain:
-            model = _optimize(model, device=str(self.device), precision=self.precision,
-                              compile=compile)
+            model = _optimize(model, device=self.device, compile=compile)
         self.model = model
         self.tile = tile or None
         self.tile_pad = 16 if tile_pad is None else tile_pad

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import conv1x1, make_activation, make_conv
+from .blocks import act_, add_, conv1x1, make_activation, make_conv, mul_
 
 #: Smallest LR side ESA accepts: stride-2 3x3 conv then a 7x7 max-pool need H >= 15.
 ESA_MIN_SIZE = 15
@@ -36,20 +36,24 @@ class ESA(nn.Module):
         self.act = make_activation(act)
         self.maxPooling = nn.MaxPool2d(kernel_size=7, stride=3)
 
-    def context(self, c1_: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """The wide-context branch: from conv1's output to the bilinear-upsampled map."""
-        c1 = self.conv2(c1_)
-        v = self.maxPooling(c1)
-        v = self.act(self.conv_max(v))
-        c3 = self.act(self.conv3(v))
-        c3 = self.conv3_(c3)
-        return F.interpolate(c3, size, mode="bilinear", align_corners=False)
+    def context(self, c2: torch.Tensor) -> torch.Tensor:
+        """The low-resolution context, from conv2's output (stride 2): max-pool 7/3, then
+        act(conv_max), act(conv3), conv3_; about 1/6 of the input resolution."""
+        v = self.maxPooling(c2)
+        v = act_(self.act, self.conv_max(v))
+        return self.conv3_(act_(self.act, self.conv3(v)))
+
+    def mask(self, c1_: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """The spatial mask sigmoid(conv4(up + conv_f(c1_))) from conv1's output ``c1_`` and the
+        upsampled context ``up`` (overwritten when autograd is off)."""
+        m = self.conv4(add_(up, self.conv_f(c1_)))
+        return m.sigmoid_() if not torch.is_grad_enabled() else torch.sigmoid(m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c1_ = self.conv1(x)
-        c3 = self.context(c1_, (x.shape[2], x.shape[3]))
-        m = torch.sigmoid(self.conv4(c3 + self.conv_f(c1_)))
-        return x * m
+        c3 = self.context(self.conv2(c1_))
+        up = F.interpolate(c3, (x.shape[2], x.shape[3]), mode="bilinear", align_corners=False)
+        return mul_(self.mask(c1_, up), x)
 
 
 def channel_stats(x: torch.Tensor) -> torch.Tensor:
@@ -74,9 +78,11 @@ class CCA(nn.Module):
             nn.Conv2d(num_feat, hidden, 1), nn.ReLU(inplace=True),
             nn.Conv2d(hidden, num_feat, 1), nn.Sigmoid())
 
+    stats = staticmethod(channel_stats)
+
     def gate(self, stats: torch.Tensor) -> torch.Tensor:
         """The channel gate from precomputed statistics (N, C, 1, 1) in float32."""
         return self.conv_du(stats.to(self.conv_du[0].weight.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gate(channel_stats(x)).to(x.dtype)
+        return x * self.gate(self.stats(x)).to(x.dtype)

@@ -135,10 +135,33 @@ def orthogonality_loss(model: nn.Module, alpha: float = 0.1) -> torch.Tensor:
     return alpha * torch.stack(terms).sum()
 
 
-def pad_to_min(x: torch.Tensor, min_size: int) -> tuple[torch.Tensor, int, int]:
-    """Replicate-pad H and W at the bottom/right up to ``min_size``; returns (x, pad_h, pad_w)."""
-    ph = max(0, min_size - x.shape[-2])
-    pw = max(0, min_size - x.shape[-1])
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-    return x, ph, pw
+def act_(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``act(x)``, computed in place on ``x`` when autograd is off (``x`` must be a fresh
+    intermediate): saves an allocation and its page faults on large CPU tensors."""
+    if not torch.is_grad_enabled():
+        if type(act) is nn.GELU:
+            return torch.ops.aten.gelu_(x, approximate=act.approximate)
+        if type(act) is nn.ReLU:
+            return x.relu_()
+        if type(act) is nn.LeakyReLU:
+            return F.leaky_relu_(x, act.negative_slope)
+    return act(x)
+
+
+def add_(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``x + y``, in place on the fresh intermediate ``x`` when autograd is off."""
+    return x.add_(y) if not torch.is_grad_enabled() else x + y
+
+
+def mul_(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``x * y``, in place on the fresh intermediate ``x`` when autograd is off."""
+    return x.mul_(y) if not torch.is_grad_enabled() else x * y
+
+
+def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
+    """A 1x1 conv with ``weight`` (Cout, Cin): a matmul over the channel dim for channels_last
+    ``x`` (zero-copy NHWC view, channels_last out), ``F.conv2d`` otherwise."""
+    weight = weight.reshape(weight.shape[0], -1)
+    if x.dim() == 4 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last):
+        return F.linear(x.permute(0, 2, 3, 1), weight, bias).permute(0, 3, 1, 2)
+    return F.conv2d(x, weight[:, :, None, None], bias)

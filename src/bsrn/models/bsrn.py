@@ -10,10 +10,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import ConfigMixin
+from .base import ConfigMixin, DistillationNet
 
 from .attention import CCA, ESA, ESA_MIN_SIZE
-from .blocks import ACTIVATIONS, canonical_conv, conv1x1, make_activation, make_conv, pad_to_min
+from .blocks import (ACTIVATIONS, act_, add_, canonical_conv, conv1x1, make_activation, make_conv,
+                     mul_)
 from .upsamplers import UPSAMPLERS, make_upsampler
 
 
@@ -89,33 +90,46 @@ class ESDB(nn.Module):
         self.act = make_activation(cfg.activation)
         self.attention = cfg.attention
 
-    def fused(self, x: torch.Tensor) -> torch.Tensor:
-        """Distillation and fusion: everything before the attention (c5's output)."""
-        d1 = self.act(self.c1_d(x))
-        r1 = self.act(self.c1_r(x) + x)
-        d2 = self.act(self.c2_d(r1))
-        r2 = self.act(self.c2_r(r1) + r1)
-        d3 = self.act(self.c3_d(r2))
-        r3 = self.act(self.c3_r(r2) + r2)
-        r4 = self.act(self.c4(r3))
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        """Stage: distillation and fusion, everything before the attention (c5's output).
+        Four 3x3 convs deep, so a tile needs a 4 px halo."""
+        act = self.act
+        d1 = act_(act, self.c1_d(x))
+        r1 = act_(act, add_(self.c1_r(x), x))
+        d2 = act_(act, self.c2_d(r1))
+        r2 = act_(act, add_(self.c2_r(r1), r1))
+        d3 = act_(act, self.c3_d(r2))
+        r3 = act_(act, add_(self.c3_r(r2), r2))
+        r4 = act_(act, self.c4(r3))
         return self.c5(torch.cat([d1, d2, d3, r4], dim=1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.esa(self.fused(x))
+    def output(self, e: torch.Tensor, x: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+        """Stage: the block output from the ESA output ``e`` (overwritten when autograd is off),
+        the block input ``x`` and the CCA ``gate`` (None unless attention is "cca")."""
         if self.attention == "cca":
-            out = self.cca(out)
+            e = mul_(e, gate.to(e.dtype))
         elif self.attention == "cw":
-            out = self.conv_out(out * self.cw)
-        return out + x
+            e = self.conv_out(e * self.cw)
+        return add_(e, x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = self.esa(self.body(x))
+        gate = self.cca.gate(self.cca.stats(e)) if self.attention == "cca" else None
+        return self.output(e, x, gate)
 
 
-class BSRN(nn.Module):
+class BSRN(DistillationNet):
     """Blueprint Separable Residual Network.
 
     x (RGB in [0, 1]) -> replicate channels ``replicate`` times -> ``fea_conv`` -> ESDB x n ->
     multi-level fusion ``c1`` (1x1 over all block outputs) + act -> ``c2`` + long skip ->
     upsampler. Inputs smaller than ESA's minimum (15 px) are replicate-padded and the output
     cropped.
+
+    The forward is a schedule over stages that every other schedule reuses (the exact tiler,
+    exported stage graphs): ``head``; per block ``body``, ESA (``conv1``, ``conv2``,
+    ``context``, ``mask``), CCA (``stats``, ``gate``) and ``output``; ``fuse``; ``tail``.
+    With autograd off, fresh intermediates are updated in place.
     """
 
     def __init__(self, cfg: BSRNConfig | None = None, **kwargs):
@@ -127,34 +141,24 @@ class BSRN(nn.Module):
         self.fea_conv = make_conv(cfg.conv, cfg.num_in_ch * cfg.replicate, c, 3, **kw)
         for i in range(cfg.num_block):
             self.add_module(f"B{i + 1}", ESDB(cfg))
-        self.c1 = conv1x1(c * cfg.num_block, c)
+        self.c1 = conv1x1(c * cfg.num_block, c)  # the multi-level fusion (see ``fuse``)
         self.act = make_activation(cfg.activation)
         self.c2 = make_conv(cfg.conv, c, c, 3, **kw)
         self.upsampler = make_upsampler(cfg.upsampler, cfg.scale, c, cfg.num_out_ch)
+        #: How often ``head`` replicates the input (1 once the replication is folded).
+        self.input_replicate = cfg.replicate
 
     @property
-    def scale(self) -> int:
-        return self.cfg.scale
+    def fusion(self) -> nn.Conv2d:
+        return self.c1
 
-    @property
-    def min_size(self) -> int:
-        return ESA_MIN_SIZE if self.cfg.esa else 1
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Stage: the input replicated ``replicate`` times (unless folded into fea_conv by
+        ``bsrn.rewrite``), then fea_conv. Its output is the first block input and the long skip."""
+        if self.input_replicate > 1:
+            x = torch.cat([x] * self.input_replicate, dim=1)
+        return self.fea_conv(x)
 
-    def blocks(self) -> list[ESDB]:
-        return [getattr(self, f"B{i + 1}") for i in range(self.cfg.num_block)]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        x, ph, pw = pad_to_min(x, self.min_size)
-        if self.cfg.replicate > 1:
-            x = torch.cat([x] * self.cfg.replicate, dim=1)
-        out_fea = self.fea_conv(x)
-        feats, out = [], out_fea
-        for block in self.blocks():
-            out = block(out)
-            feats.append(out)
-        out_b = self.act(self.c1(torch.cat(feats, dim=1)))
-        out = self.upsampler(self.c2(out_b) + out_fea)
-        if ph or pw:
-            out = out[..., : h * self.scale, : w * self.scale]
-        return out
+    def tail(self, acc: torch.Tensor, fea: torch.Tensor) -> torch.Tensor:
+        """Stage: act(acc) -> c2 + long skip ``fea`` -> upsampler (``acc`` is overwritten)."""
+        return self.upsampler(add_(self.c2(act_(self.act, acc)), fea))

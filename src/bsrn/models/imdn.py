@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import ConfigMixin
+from .base import ConfigMixin, sr_forward
 
 
 @dataclass
@@ -75,5 +75,12 @@ class IMDN(nn.Module):
     def scale(self) -> int:
         return self.cfg.scale
 
+    @property
+    def halo(self) -> int:
+        """Receptive-field radius in LR px (every layer is local: 3x3 convs, no attention), so
+        padded tiling with this halo is exact."""
+        return 3 + 4 * self.cfg.num_block
+
+    @sr_forward
     def forward(self, x):
         return self.model(x)

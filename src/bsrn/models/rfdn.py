@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import ConfigMixin
+from .base import ConfigMixin, DistillationNet
 
-from .attention import ESA, ESA_MIN_SIZE
-from .blocks import canonical_conv, conv1x1, make_activation, make_conv, pad_to_min
+from .attention import ESA
+from .blocks import act_, add_, canonical_conv, conv1x1, make_activation, make_conv
 
 
 @dataclass
@@ -50,18 +50,29 @@ class RFDB(nn.Module):
         self.act = make_activation(cfg.activation, 0.05)
         self.esa = ESA(c, cfg.conv, "relu") if cfg.esa else nn.Identity()
 
+    attention = "none"
+
+    def body(self, x):
+        """Stage: everything before ESA (c5's output)."""
+        act = self.act
+        d1 = act_(act, self.c1_d(x))
+        r1 = act_(act, add_(self.c1_r(x), x))
+        d2 = act_(act, self.c2_d(r1))
+        r2 = act_(act, add_(self.c2_r(r1), r1))
+        d3 = act_(act, self.c3_d(r2))
+        r3 = act_(act, add_(self.c3_r(r2), r2))
+        r4 = act_(act, self.c4(r3))
+        return self.c5(torch.cat([d1, d2, d3, r4], dim=1))
+
+    def output(self, e, x, gate=None):
+        """Stage: the block output is ESA's output (RFDB has no block residual)."""
+        return e
+
     def forward(self, x):
-        d1 = self.act(self.c1_d(x))
-        r1 = self.act(self.c1_r(x) + x)
-        d2 = self.act(self.c2_d(r1))
-        r2 = self.act(self.c2_r(r1) + r1)
-        d3 = self.act(self.c3_d(r2))
-        r3 = self.act(self.c3_r(r2) + r2)
-        r4 = self.act(self.c4(r3))
-        return self.esa(self.c5(torch.cat([d1, d2, d3, r4], dim=1)))
+        return self.output(self.esa(self.body(x)), x)
 
 
-class RFDN(nn.Module):
+class RFDN(DistillationNet):
     """RFDN: fea_conv -> RFDB x n -> c (1x1 + LReLU) -> LR_conv + long skip -> conv + PixelShuffle.
     Takes and returns RGB in [0, 1] whatever ``img_range`` the weights were trained for."""
 
@@ -80,24 +91,14 @@ class RFDN(nn.Module):
                                        nn.PixelShuffle(s))
 
     @property
-    def scale(self) -> int:
-        return self.cfg.scale
+    def fusion(self) -> nn.Conv2d:
+        return self.c[0]
 
-    @property
-    def min_size(self) -> int:
-        return ESA_MIN_SIZE if self.cfg.esa else 1
+    def head(self, x):
+        """Stage: fea_conv on the input in the weights' range (``img_range``)."""
+        return self.fea_conv(x * self.cfg.img_range)
 
-    def forward(self, x):
-        h, w = x.shape[-2:]
-        x, ph, pw = pad_to_min(x, self.min_size)
-        x = x * self.cfg.img_range
-        out_fea = self.fea_conv(x)
-        feats, out = [], out_fea
-        for i in range(self.cfg.num_block):
-            out = getattr(self, f"B{i + 1}")(out)
-            feats.append(out)
-        out = self.upsampler(self.LR_conv(self.c(torch.cat(feats, dim=1))) + out_fea)
-        out = out / self.cfg.img_range
-        if ph or pw:
-            out = out[..., : h * self.scale, : w * self.scale]
-        return out
+    def tail(self, acc, fea):
+        """Stage: act(acc) -> LR_conv + long skip -> upsampler, back to [0, 1]."""
+        out = self.upsampler(add_(self.LR_conv(act_(self.c[1], acc)), fea))
+        return out / self.cfg.img_range
