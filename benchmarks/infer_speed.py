@@ -1,40 +1,44 @@
-"""Inference speed of BSRN x4 at the paper's size (320x180 LR -> 1280x720): the fast path
-(bsrn.optimize) against plain eager fp32 and ONNX Runtime, measured interleaved in one run so
-background load affects all alike; the ratios are what count.
+"""Inference speed of BSRN x4 at the paper's size (320x180 LR -> 1280x720) on the CPU: plain eager,
+the path ``bsrn upscale`` takes by default, the torch fast path, ONNX Runtime and OpenVINO (and
+the official implementation, given a checkout of it), timed interleaved in one process at all
+physical cores and again at 1 thread, so background load affects all alike.
 
-    python benchmarks/infer_speed.py [--threads 2] [--reps 5] [--weights PATH] [--size 320x180]
-                                     [--device cpu|cuda] [--bf16] [--compile]
+    python benchmarks/infer_speed.py [--reps 7] [--weights PATH] [--size 320x180]
+                                     [--threads N ...] [--official PATH/TO/BSRN-checkout]
+                                     [--ov-bf16] [--json FILE]
 
-Prints per-variant median/min times, ratios against eager fp32, and max |diff| against eager.
-On CUDA it adds fp16/bf16 autocast and CUDA graphs (ONNX Runtime stays on CPU unless the CUDA
-provider is installed). Target on CPU: fast path >= 1.5x eager with max |diff| <= 1e-4.
+Bars: the default path >= 0.95x the fastest external runtime, with max |diff| <= 1e-4 against
+the plain model; with --official, the plain model >= 1.0x the official code.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
+import io
+import json
 import statistics
 import sys
-import tempfile
 import time
+import types
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-OFFICIAL = ROOT.parent / "shared" / "reference" / "bsrn_official" / "net_g_BSRN_x4.pth"
+sys.path.insert(0, str(ROOT / "src"))
+OFFICIAL_W = ROOT.parent / "shared" / "reference" / "bsrn_official" / "net_g_BSRN_x4.pth"
 SAMPLE = ROOT.parent / "shared" / "datasets" / "DIV2K_train_sample" / "LR_bicubic" / "X4" / \
     "0004x4.png"
 
 
-def load(weights: str | None):
-    from bsrn.checkpoint import load_model
-    from bsrn.models import create_model
+def load(weights):
+    import bsrn
 
-    path = Path(weights) if weights else OFFICIAL
-    if path.exists():
-        return load_model(path), str(path)
-    torch.manual_seed(0)
-    return create_model("bsrn", scale=4).eval(), "random-init bsrn x4 (official weights absent)"
+    path = Path(weights) if weights else OFFICIAL_W
+    if path.exists() or weights:
+        return bsrn.load_model(weights or path), str(weights or path)
+    return bsrn.load_model("bsrn-x4"), "bundled bsrn-x4"
 
 
 def make_input(w: int, h: int) -> torch.Tensor:
@@ -48,104 +52,133 @@ def make_input(w: int, h: int) -> torch.Tensor:
     return torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def official_model(checkout: Path, model):
+    """The official BSRN network from a checkout of its repository (basicsr stubbed out)."""
+    for name in ("basicsr", "basicsr.archs", "basicsr.utils", "basicsr.utils.registry"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+
+    class _Registry:
+        def register(self, *a, **k):
+            return a[0] if a else (lambda f: f)
+
+    sys.modules["basicsr.utils.registry"].ARCH_REGISTRY = _Registry()
+    mods = {}
+    for name in ("Upsamplers", "BSRN_arch"):
+        spec = importlib.util.spec_from_file_location(f"basicsr.archs.{name}",
+                                                      checkout / "basicsr" / "archs" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[f"basicsr.archs.{name}"] = mod
+        setattr(sys.modules["basicsr.archs"], name, mod)
+        spec.loader.exec_module(mod)
+        mods[name] = mod
+    with contextlib.redirect_stdout(io.StringIO()):  # its constructor prints
+        net = mods["BSRN_arch"].BSRN(upscale=model.scale)
+    net.load_state_dict(model.state_dict(), strict=True)
+    return net.eval()
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--weights")
-    ap.add_argument("--size", default="320x180", help="LR WxH")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--bf16", action="store_true", help="also time the fast path in bf16")
-    ap.add_argument("--compile", action="store_true", help="also time torch.compile")
-    ap.add_argument("--no-onnx", action="store_true")
-    args = ap.parse_args(argv)
+def variants_at(model, threads: int, args):
+    import bsrn
+    from bsrn.backends import RuntimeNet, installed
+    from bsrn.precision import run
 
-    torch.set_num_threads(args.threads)
-    from bsrn.optimize import optimize
-    from bsrn.precision import resolve_device
+    torch.set_num_threads(threads)
+    out = {}
+    if args.official:
+        out["official code, eager"] = official_model(Path(args.official), model)
+    out["bsrn plain model"] = model
+    up = bsrn.Upscaler(model, device="cpu", threads=threads, progress=False)
+    out[f"bsrn default ({up.backend})"] = up._net
+    fast = bsrn.optimize(model, "cpu")
+    out["bsrn torch fast path"] = lambda x: run(fast, x, "fp32", "cpu")
+    for b in ("onnxruntime", "openvino"):
+        if installed(b):
+            out[b] = RuntimeNet(model, b, threads)
+    if args.ov_bf16 and installed("openvino"):
+        from bsrn.backends import _OvGraph, _Runner, graphs_for
 
-    device = resolve_device(args.device)
-    model, src = load(args.weights)
-    model = model.to(device)
-    w, h = (int(v) for v in args.size.lower().split("x"))
-    x = make_input(w, h).to(device)
-    print(f"BSRN x{model.scale} ({src}); input {w}x{h} -> {w * model.scale}x{h * model.scale}; "
-          f"device {device}; torch {torch.__version__}; threads {args.threads}")
+        g = _OvGraph(graphs_for(model)["whole"], threads)
+        g.compiled = g._core.compile_model(str(graphs_for(model)["whole"]), "CPU",
+                                           {"INFERENCE_NUM_THREADS": threads})
+        g.request = g.compiled.create_infer_request()
+        out["openvino (its default: bf16 here)"] = _Runner(g)
+    return out
 
-    t0 = time.perf_counter()
-    fast = optimize(model, device=device, sample_size=(h, w))
-    print(f"optimize(): {time.perf_counter() - t0:.1f} s; dense-fused layers: "
-          f"{sorted(k for k, v in fast.decisions.items() if v == 'dense') or 'none'}")
-    variants = {"eager fp32": model, "fast fp32": fast}
-    if args.bf16 or device.type == "cuda":
-        variants["fast bf16"] = optimize(model, device=device, precision="bf16",
-                                         sample_size=(h, w))
-    if device.type == "cuda":
-        variants["fast fp16"] = optimize(model, device=device, precision="fp16",
-                                         sample_size=(h, w))
-        variants["fast fp16 + CUDA graphs"] = optimize(model, device=device, precision="fp16",
-                                                       cuda_graphs=True, sample_size=(h, w))
-    if args.compile:
-        t0 = time.perf_counter()
-        comp = optimize(model, device=device, compile=True, sample_size=(h, w))
-        with torch.inference_mode():
-            comp(x)
-        print(f"torch.compile warm-up: {time.perf_counter() - t0:.1f} s")
-        variants["fast fp32 + compile"] = comp
 
-    ort_sess = None
-    if not args.no_onnx:
-        try:
-            import onnxruntime as ort
-
-            from bsrn.export import export_onnx
-
-            tmp = Path(tempfile.mkdtemp()) / "bsrn.onnx"
-            export_onnx(model.cpu(), tmp, verify=False)
-            model.to(device)
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = args.threads
-            ort_sess = ort.InferenceSession(str(tmp), so, providers=["CPUExecutionProvider"])
-            xn = x.cpu().numpy()
-            variants["onnxruntime cpu"] = lambda _x: torch.from_numpy(
-                ort_sess.run(["output"], {"input": xn})[0]).to(device)
-        except Exception as e:  # noqa: BLE001 - report and go on without ORT
-            print(f"onnxruntime skipped: {e}", file=sys.stderr)
-
+def measure(variants, x, reps):
     times = {k: [] for k in variants}
     outs = {}
     with torch.inference_mode():
-        for k, fn in variants.items():  # warm-up (and output for the diff)
+        for k, fn in variants.items():  # warm-up, and the output for the diff
             outs[k] = fn(x).float()
-        sync(device)
-        for _ in range(args.reps):  # interleaved
+        for _ in range(reps):  # interleaved
             for k, fn in variants.items():
-                sync(device)
                 t0 = time.perf_counter()
                 fn(x)
-                sync(device)
                 times[k].append(time.perf_counter() - t0)
-    ref = outs["eager fp32"]
-    base = statistics.median(times["eager fp32"])
-    print(f"\n{'variant':26s} {'median ms':>10s} {'min ms':>9s} {'speed-up':>9s} "
-          f"{'max|diff|':>10s}")
-    for k in variants:
-        med, mn = statistics.median(times[k]), min(times[k])
-        diff = (outs[k] - ref).abs().max().item()
-        print(f"{k:26s} {med * 1e3:10.1f} {mn * 1e3:9.1f} {base / med:8.2f}x {diff:10.2e}")
-    ratio = base / statistics.median(times["fast fp32"])
-    diff = (outs["fast fp32"] - ref).abs().max().item()
-    ok = ratio >= 1.5 and diff <= 1e-4
-    print(f"\nfast fp32 vs eager fp32: {ratio:.2f}x, max|diff| {diff:.1e} -> "
-          f"{'PASS' if ok else 'FAIL'} (target >= 1.5x, <= 1e-4)")
+    return {k: statistics.median(t) for k, t in times.items()}, outs
+
+
+def main(argv=None) -> int:
+    from bsrn.backends import cpu_name, physical_cores
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=None,
+                    help="thread counts (default: all physical cores, then 1)")
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--weights")
+    ap.add_argument("--size", default="320x180", help="LR WxH")
+    ap.add_argument("--official", default=None, metavar="DIR",
+                    help="a checkout of the official BSRN repository, to time its network")
+    ap.add_argument("--ov-bf16", action="store_true",
+                    help="also time OpenVINO with its default CPU precision (bf16 where the CPU "
+                         "has bf16 instructions; a different output)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+
+    model, src = load(args.weights)
+    w, h = (int(v) for v in args.size.lower().split("x"))
+    x = make_input(w, h)
+    threads = args.threads or sorted({physical_cores(), 1}, reverse=True)
+    print(f"BSRN x{model.scale} ({src}); {w}x{h} -> {w * model.scale}x{h * model.scale}; "
+          f"CPU: {cpu_name()}; torch {torch.__version__}; {args.reps} interleaved repetitions")
+    ok, report = True, {"cpu": cpu_name(), "size": args.size, "runs": {}}
+    for t in threads:
+        variants = variants_at(model, t, args)
+        med, outs = measure(variants, x, args.reps)
+        ref = outs["bsrn plain model"]
+        base_name = "official code, eager" if args.official else "bsrn plain model"
+        base = med[base_name]
+        print(f"\n{t} thread{'s' if t > 1 else ''}:")
+        print(f"  {'variant':38s} {'median ms':>10s} {'vs ' + base_name.split(',')[0]:>16s} "
+              f"{'max|diff|':>10s}")
+        rows = {}
+        for k in variants:
+            diff = (outs[k] - ref).abs().max().item()
+            rows[k] = {"median_ms": med[k] * 1e3, "ratio": base / med[k], "max_abs_diff": diff}
+            print(f"  {k:38s} {med[k] * 1e3:10.1f} {base / med[k]:15.2f}x {diff:10.2e}")
+        default = next(k for k in variants if k.startswith("bsrn default"))
+        externals = [k for k in ("onnxruntime", "openvino") if k in med]
+        if externals:
+            fastest = min(externals, key=med.get)
+            r = med[fastest] / med[default]
+            good = r >= 0.95 and rows[default]["max_abs_diff"] <= 1e-4
+            ok &= good
+            print(f"  default vs fastest external ({fastest}): {r:.2f}x -> "
+                  f"{'PASS' if good else 'FAIL'} (bar >= 0.95x, max|diff| <= 1e-4)")
+        tfast = med["bsrn torch fast path"]
+        for k in externals:
+            print(f"  torch fast path vs {k}: {med[k] / tfast:.2f}x")
+        if args.official:
+            r = med["official code, eager"] / med["bsrn plain model"]
+            ok &= r >= 1.0
+            print(f"  plain model vs official code: {r:.2f}x -> {'PASS' if r >= 1.0 else 'FAIL'}"
+                  " (bar >= 1.0x)")
+        report["runs"][str(t)] = rows
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
     return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT / "src"))
-    raise SystemExit(main())
+    sys.exit(main())

@@ -15,6 +15,15 @@ OFFICIAL = REFERENCE / "bsrn_official"
 NTIRE = REFERENCE / "ntire2022_esr"
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Tests run on the PyTorch backend unless they ask for another, and never touch the user cache.
+os.environ.setdefault("BSRN_BACKEND", "torch")
+if "BSRN_CACHE" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["BSRN_CACHE"] = tempfile.mkdtemp(prefix="bsrn-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["BSRN_CACHE"], True)
 
 
 def _need(path: Path) -> Path:

@@ -198,7 +198,8 @@ def test_scale_beyond_the_weights_warns_in_one_line(tmp_path, capsys, weights):
     out, err = capsys.readouterr()
     assert rc == 0 and size(tmp_path / "o" / "a_x3.png") == (30, 30)
     assert "bsrn upscale: warning: the weights are x2: the remaining x1.5" in err
-    assert "tiny_x2.safetensors (bsrn x2) -> x3 on cpu, fp32" in err  # the run is described
+    assert "tiny_x2.safetensors (bsrn x2) -> x3 on cpu, " in err  # the run is described
+    assert " threads, torch, fp32, automatic tiling" in err
     assert out.strip().splitlines()[-1].startswith("1 image upscaled x3")
 
 

@@ -104,6 +104,13 @@ def test_pointwise_bias_is_never_fused_to_dense(nets):
     assert set(fast.decisions.values()) == {"dense"}
 
 
+def test_activations_fuse_into_the_convs_that_feed_them_on_cpu(nets):
+    fast = optimize(nets["bsrn"])
+    assert {"B1.c1_d", "B1.c4", "B1.esa.conv_max", "B2.esa.conv3"} <= set(fast.fused_acts)
+    assert "B1.c1_r" not in fast.fused_acts and "B1.esa.conv3_" not in fast.fused_acts
+    assert fast.B1.c4.applies_act and not getattr(nets["bsrn"].B1.c4, "applies_act", False)
+
+
 def test_cpu_policy_fuses_only_the_narrow_input_layer(nets):
     fast = optimize(nets["bsrn"], device="cpu")
     assert fast.decisions["fea_conv"] == "dense"

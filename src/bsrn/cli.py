@@ -170,6 +170,18 @@ def _add_upscale(sub):
                    help="run the model as loaded, without the fast inference rewrites")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (slow start; pays off on large batches)")
+    p.add_argument("--backend", default=None,
+                   choices=["auto", "torch", "onnxruntime", "openvino"],
+                   help="inference runtime: auto (default, or BSRN_BACKEND: the fastest "
+                        "installed one for this device and thread count, measured once and "
+                        "cached), torch, onnxruntime or openvino (CPU, fp32; bsrn[onnx] / "
+                        "bsrn[openvino])")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads (default: all physical cores)")
+    p.add_argument("--memory-budget", default=None, metavar="BYTES",
+                   help="memory for one image's activations on the CPU, e.g. 6G (default: "
+                        "half the available memory, or BSRN_MEMORY_BUDGET); larger images are "
+                        "tiled exactly")
     p.add_argument("--alpha-upsampler", choices=["network", "bicubic"], default="network",
                    help="how transparency is upscaled: network (default) or MATLAB bicubic")
     p.add_argument("--max-pixels", type=_pixel_count, default=DEFAULT_MAX_PIXELS,
@@ -201,7 +213,11 @@ def _run_upscale(args):
         upscaler = Upscaler(args.weights, scale=args.scale, device=args.device,
                             precision=args.precision, tile=args.tile, tile_pad=args.tile_pad,
                             alpha_upsampler=args.alpha_upsampler, plain=args.plain,
-                            compile=args.compile, progress=not args.quiet)
+                            compile=args.compile, progress=not args.quiet,
+                            backend=args.backend, threads=args.threads,
+                            memory_budget=args.memory_budget,
+                            log=None if args.quiet else
+                            (lambda m: print(f"bsrn upscale: {m}", file=sys.stderr)))
         if not args.quiet:
             print(f"bsrn upscale: {upscaler.describe()}", file=sys.stderr)
         result = upscale_files(inputs, args.output, upscaler, suffix=args.suffix,

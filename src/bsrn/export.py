@@ -186,3 +186,62 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, optimize: bool
             diffs[f"{n}x{h}x{w}"] = _check("TorchScript", got.numpy(), ref, path)
         result["max_abs_diff"] = diffs
     return result
+
+
+# ----------------------------------------------------------------------------- stage graphs
+class _Stage(nn.Module):
+    """One stage of a staged network as a module, for export."""
+
+    def __init__(self, fn, owner: nn.Module):
+        super().__init__()
+        self.owner, self.fn = owner, fn
+
+    def forward(self, *xs):
+        return self.fn(*xs)
+
+
+def stage_modules(model: nn.Module) -> dict[str, tuple[nn.Module, tuple[str, ...]]]:
+    """The heavy stages of a staged network (BSRN, RFDN) as exportable modules:
+    {"head": ..., "body1".."bodyN": ..., "tail": ...} -> (module, input names). The exact
+    tiler runs these per tile; the light whole-image passes between them stay in PyTorch."""
+    out = {"head": (_Stage(model.head, model), ("input",))}
+    for k, blk in enumerate(model.blocks()):
+        out[f"body{k + 1}"] = (_Stage(blk.body, blk), ("input",))
+    out["tail"] = (_Stage(model.tail, model), ("acc", "fea"))
+    return out
+
+
+def export_graph(module: nn.Module, inputs: tuple[torch.Tensor, ...], path, input_names,
+                 opset: int = 17) -> Path:
+    """Write one graph with dynamic batch/height/width on every input (atomically)."""
+    path = Path(path)
+    axes = {n: {0: "batch", 2: "height", 3: "width"} for n in input_names}
+    axes["output"] = {0: "batch", 2: "height_out", 3: "width_out"}
+
+    def write(tmp):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, inputs, tmp, opset_version=opset, dynamo=False,
+                              input_names=list(input_names), output_names=["output"],
+                              dynamic_axes=axes)
+
+    with torch.no_grad():
+        atomic_write(path, write)
+    return path
+
+
+def export_stages(model: nn.Module, folder, opset: int = 17) -> dict[str, Path]:
+    """Export the whole network (``whole.onnx``) and its heavy stages (``head``, ``body{k}``,
+    ``tail``) into ``folder``, with the replication folded; returns {name: path}."""
+    folder = Path(folder)
+    net = _export_module(model.eval().float().cpu(), True)
+    x = _dummy(net, 1, 32, 32)
+    paths = {"whole": export_graph(net, (x,), folder / "whole.onnx", ("input",), opset)}
+    with torch.no_grad():
+        fea = net.head(x)
+        c = fea.shape[1]
+    for name, (mod, names) in stage_modules(net).items():
+        feat = torch.rand(1, c, 32, 32)
+        args = (x,) if name == "head" else (feat, fea) if name == "tail" else (feat,)
+        paths[name] = export_graph(mod, args, folder / f"{name}.onnx", names, opset)
+    return paths

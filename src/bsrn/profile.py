@@ -122,13 +122,45 @@ def trace_layers(model: nn.Module, x: torch.Tensor) -> list[LayerCall]:
                 calls.append(rec)
 
         handles.append(m.register_forward_hook(hook))
+    patched = _record_stages(model, calls)
     try:
         with torch.no_grad():
             model(x)
     finally:
         for h in handles:
             h.remove()
+        for m, attr in patched:
+            del m.__dict__[attr]
     return calls
+
+
+def _record_stages(model: nn.Module, calls: list) -> list[tuple[nn.Module, str]]:
+    """Record the layers that the staged forward computes functionally: CCA's statistics and
+    the multi-level fusion conv (accumulated block by block, so it is never called whole).
+    Wraps those stages on the instances; returns (instance, attribute) pairs to undo."""
+    names = {m: n for n, m in model.named_modules()}
+    patched = []
+    for m in model.modules():
+        if type(m).__name__ == "CCA":
+            def stats(x, _m=m, _f=m.stats):
+                out = _f(x)
+                calls.append(_record(names[_m], _m, x, out))
+                return out
+            m.stats = stats
+            patched.append((m, "stats"))
+    fusion = getattr(model, "fusion", None)
+    if fusion is not None and hasattr(model, "fuse"):
+        n = len(model.blocks())
+
+        def fuse(acc, k, out, _f=model.fuse):
+            acc = _f(acc, k, out)
+            if k == n - 1:
+                inp = out.new_empty((out.shape[0], out.shape[1] * n, *out.shape[2:]))
+                calls.append(_record(names[fusion], fusion, inp, acc))
+            return acc
+        model.fuse = fuse
+        patched.append((model, "fuse"))
+    return patched
 
 
 def _on_meta(model: nn.Module) -> nn.Module:

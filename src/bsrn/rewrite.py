@@ -10,6 +10,11 @@ up to float summation order:
 - ``matmul``: every 1x1 conv becomes :class:`Pointwise`, a matmul over the channel dim of a
   channels_last tensor, and the network is switched to channels_last. At batch 1 ATen's 1x1 conv
   takes a slow non-oneDNN path on CPU; channels_last also puts the depthwise 3x3 on oneDNN.
+- ``act``: on the CPU, a conv whose output goes straight into the activation (the distilled
+  1x1s ``c{i}_d``, ``c4``, ESA's ``conv_max`` and ``conv3``) runs as one oneDNN primitive with
+  the activation as a post-op, and a 1x1 conv with a bias gets its bias inside the matmul
+  (``torch.ops.mkldnn`` pointwise kernels); each fused kind is checked against PyTorch when the
+  rewrite is applied, and kept only where it is exact.
 - ``dense``: a BSConvU (bias-free pointwise, then depthwise) becomes one dense kxk conv,
   W[o, i] = pw[o, i] * dw[o] (exact at any stride and padding). Per layer, by a policy measured
   per device (``fuse="policy"``), a micro-benchmark (``fuse="measure"``), or by name. Never
@@ -30,28 +35,78 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
-from .models.blocks import BSConvS, BSConvU, pointwise
+from .models.blocks import BSConvS, BSConvU, DSConv, pointwise
 from .precision import resolve_device
 
-REWRITES = ("fold", "matmul", "dense")
+REWRITES = ("fold", "dense", "act", "matmul")
 
 # (device type, dtype, threads, cin, cout, k, stride, h, w) -> True when the dense conv is faster
 _FUSE_CACHE: dict[tuple, bool] = {}
 
 
-class Pointwise(nn.Module):
-    """A 1x1 conv computed as a matmul over the channels of a channels_last tensor."""
+def _mkldnn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+            and not torch.is_grad_enabled())
 
-    def __init__(self, conv: nn.Conv2d):
+
+#: (activation type) -> its oneDNN post-op (attr, scalars, algorithm), per module instance.
+def _post_op(act: nn.Module):
+    if type(act) is nn.GELU:
+        return "gelu", [], act.approximate
+    if type(act) is nn.ReLU:
+        return "relu", [], ""
+    if type(act) is nn.LeakyReLU:
+        return "leaky_relu", [act.negative_slope], ""
+    if type(act) is nn.Hardswish:
+        return "hardswish", [], ""
+    if type(act) is nn.SiLU:
+        return "swish", [], ""
+    return None
+
+
+class Pointwise(nn.Module):
+    """A 1x1 conv as a matmul over the channels of a channels_last tensor; with ``act``, the
+    activation runs as a post-op of the same oneDNN matmul (``applies_act``)."""
+
+    def __init__(self, conv: nn.Conv2d, act: nn.Module | None = None):
         super().__init__()
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.weight = nn.Parameter(conv.weight.detach().reshape(conv.out_channels, -1).clone(),
                                    requires_grad=False)
         self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(),
                                                                 requires_grad=False)
+        self.act = act
+        self.applies_act = act is not None
+        self.post_op = _post_op(act) if act is not None else None
 
     def forward(self, x):
-        return pointwise(x, self.weight, self.bias)
+        nhwc = x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1
+        if nhwc and (self.post_op or self.bias is not None) and _mkldnn_ok(x, self.weight):
+            attr, scalars, algo = self.post_op or ("none", [], "")
+            y = torch.ops.mkldnn._linear_pointwise(x.permute(0, 2, 3, 1), self.weight,
+                                                   self.bias, attr, scalars, algo)
+            return y.permute(0, 3, 1, 2)
+        y = pointwise(x, self.weight, self.bias)
+        return self.act(y) if self.act is not None else y
+
+
+class ConvAct(nn.Module):
+    """A kxk conv with its activation as a oneDNN post-op (``applies_act``)."""
+
+    def __init__(self, conv: nn.Conv2d, act: nn.Module):
+        super().__init__()
+        self.conv, self.act = conv, act
+        self.applies_act = True
+        self.post_op = _post_op(act)
+
+    def forward(self, x):
+        c = self.conv
+        if _mkldnn_ok(x, c.weight):
+            attr, scalars, algo = self.post_op
+            return torch.ops.mkldnn._convolution_pointwise(
+                x, c.weight, c.bias, list(c.padding), list(c.stride), list(c.dilation),
+                c.groups, attr, scalars, algo)
+        return self.act(c(x))
 
 
 def _is_pointwise(m: nn.Module) -> bool:
@@ -184,6 +239,68 @@ def _fuse_dense(model: nn.Module, fuse, device: torch.device, size) -> dict[str,
     return decisions
 
 
+def _with_act(mod: nn.Module, act: nn.Module) -> nn.Module | None:
+    """``mod`` with ``act`` fused into its last op, or None where that is not possible."""
+    if _post_op(act) is None or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        return None
+    if _is_pointwise(mod):
+        return Pointwise(mod, act)
+    if type(mod) is nn.Conv2d:
+        return ConvAct(mod, act)
+    last = {BSConvU: "dw", BSConvS: "dw", DSConv: "pw"}.get(type(mod))
+    if last is None:
+        return None
+    fused = _with_act(getattr(mod, last), act)
+    if fused is None:
+        return None
+    mod = copy.copy(mod)  # a shallow copy: the other layers are shared, then re-registered
+    mod._modules = dict(mod._modules)
+    setattr(mod, last, fused)
+    mod.applies_act = True
+    return mod
+
+
+@torch.no_grad()
+def _fuse_acts(model: nn.Module) -> list[str]:
+    """``act``: fuse each block's ``act_convs`` with its activation, where the fused kernel is
+    exact here (checked once per kind on a small input)."""
+    fused = []
+    for name, owner in list(model.named_modules()):
+        for attr in getattr(owner, "act_convs", ()):
+            mod, act = getattr(owner, attr), owner.act
+            new = _with_act(mod, act)
+            if new is None or not _fused_is_exact(mod, new, act):
+                continue
+            setattr(owner, attr, new)
+            fused.append(f"{name}.{attr}" if name else attr)
+    return fused
+
+
+_EXACT_CACHE: dict[tuple, bool] = {}
+
+
+def _fused_is_exact(mod: nn.Module, new: nn.Module, act: nn.Module) -> bool:
+    key = (type(new).__name__, type(getattr(new, "dw", getattr(new, "pw", new))).__name__,
+           repr(act))
+    if key not in _EXACT_CACHE:
+        cin = next(p for p in mod.parameters()).shape[1] if _is_pointwise(mod) else None
+        cin = cin or _in_channels(mod)
+        x = torch.randn(1, cin, 9, 11, generator=torch.Generator().manual_seed(0)).to(
+            next(mod.parameters()).device).contiguous(memory_format=torch.channels_last)
+        try:
+            ok = bool((new(x) - act(mod(x))).abs().max() <= 1e-5)
+        except RuntimeError:  # the kernel or post-op is missing in this build
+            ok = False
+        _EXACT_CACHE[key] = ok
+    return _EXACT_CACHE[key]
+
+
+def _in_channels(mod: nn.Module) -> int:
+    first = mod if isinstance(mod, nn.Conv2d) else next(
+        m for m in mod.modules() if isinstance(m, nn.Conv2d))
+    return first.in_channels
+
+
 def _to_matmul(model: nn.Module) -> None:
     """``matmul``: every plain 1x1 conv becomes a :class:`Pointwise`; channels_last."""
     for name, mod in list(model.named_modules()):
@@ -248,8 +365,9 @@ def optimize(model: nn.Module, device: str | torch.device = "cpu", rewrites=None
     become dense convs: "policy" (:func:`policy_dense`), "measure" (micro-benchmark at
     ``sample_size``, the LR (h, w) you will run), "all", "none", or a set of layer names such as
     {"B1.c1_r"}. ``compile``: ``torch.compile`` the copy. ``cuda_graphs``: replay a captured
-    graph per input shape (CUDA only, ignored elsewhere). The copy's ``rewrites`` and
-    ``decisions`` attributes say what was applied.
+    graph per input shape (CUDA only, ignored elsewhere). The copy's ``rewrites``,
+    ``decisions`` (dense or separate, per BSConvU) and ``fused_acts`` attributes say what was
+    applied.
     """
     device = resolve_device(device)
     rewrites = default_rewrites(device) if rewrites is None else tuple(rewrites)
@@ -263,11 +381,13 @@ def optimize(model: nn.Module, device: str | torch.device = "cpu", rewrites=None
             _fold_replication(fast)
         if "dense" in rewrites:
             decisions = _fuse_dense(fast, fuse, device, tuple(sample_size))
+        acts = _fuse_acts(fast) if "act" in rewrites and device.type == "cpu" else []
         if "matmul" in rewrites:
             _to_matmul(fast)
     fast.requires_grad_(False)
     fast.rewrites = tuple(r for r in REWRITES if r in rewrites)
     fast.decisions = decisions
+    fast.fused_acts = acts
     if cuda_graphs and device.type == "cuda":
         fast = CUDAGraphs(fast)
     if compile:

@@ -94,14 +94,17 @@ def _progress(total: int, enabled: bool, desc: str):
     return tqdm(total=total, desc=desc, unit="tile", disable=not enabled, leave=False)
 
 
-def _stages(model):
-    """The network whose stages the exact engine runs (BSRN, RFDN), or None."""
-    from .models.base import DistillationNet
+def _is_staged(model) -> bool:
+    return all(hasattr(model, a) for a in ("head", "blocks", "fuse", "tail", "cfg"))
 
+
+def _stages(model):
+    """The network whose stages the exact engine runs (BSRN, RFDN, rewritten or run by an
+    external runtime), or None."""
     model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
-    if not isinstance(model, DistillationNet):  # CUDA-graph wrapper
+    if not _is_staged(model):  # CUDA-graph wrapper
         model = getattr(model, "model", model)
-    return model if isinstance(model, DistillationNet) else None
+    return model if _is_staged(model) else None
 
 
 # ----------------------------------------------------------------------------- naive tiling
@@ -325,16 +328,30 @@ def estimate_tiled_bytes(model: nn.Module, h: int, w: int, tile: int) -> int:
     return int(persistent + t * t * (c * _TILE_BYTES_PER_PX_CH + 2 * 3 * s * s * 4))
 
 
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo (bytes), or None where it cannot be read."""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def default_budget(device: torch.device) -> int:
-    """Activation budget: 80 % of free GPU memory on CUDA; BSRN_MEMORY_BUDGET (bytes, or with a
-    G/M suffix) or 2 GiB on CPU."""
+    """Activation budget: 80 % of free GPU memory on CUDA; on the CPU BSRN_MEMORY_BUDGET (bytes,
+    or with a G/M suffix), else half of the memory available now (at least 1 GiB), else 2 GiB."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * 0.8)
     env = os.environ.get("BSRN_MEMORY_BUDGET")
     if env:
         return parse_bytes(env)
-    return DEFAULT_CPU_BUDGET
+    avail = available_memory()
+    if avail is None:
+        return DEFAULT_CPU_BUDGET
+    return max(1024 ** 3, avail // 2)
 
 
 def parse_bytes(text: str) -> int:

@@ -34,9 +34,9 @@ from .checkpoint import bundled_weights, load_model
 from .errors import BsrnError, CheckpointError, ConfigError, ImageError
 from .image_io import (DEFAULT_MAX_PIXELS, IMAGE_EXTS, Picture, picture_from_pil, read_image,
                        stores_alpha, to_8bit, write_image)
-from .rewrite import optimize as _optimize
+from .backends import make_backend, physical_cores
 from .precision import resolve_device, resolve_precision
-from .tiling import forward_auto
+from .tiling import forward_auto, parse_bytes
 
 DEFAULT_SCALE = 4
 ALPHA_UPSAMPLERS = ("network", "bicubic")
@@ -111,19 +111,33 @@ class Upscaler:
     ``scale``: output scale; None means the weights' own scale (4 for the bundled default).
     ``tile``/``tile_pad``: LR tile side and halo for tiled inference (None: automatic, whole
     image when it fits memory). ``plain=True`` skips the exact inference rewrites of
-    ``bsrn.optimize``. ``progress=True`` shows a tile progress bar on images that are tiled.
+    ``bsrn.optimize``. ``backend``: auto (the fastest installed for this device and thread
+    count, measured once and cached), torch, onnxruntime or openvino (CPU, fp32). ``threads``:
+    CPU threads (default: all physical cores). ``backend=None`` reads BSRN_BACKEND (else auto). ``memory_budget``: bytes (or "6G") for the
+    activations of one image on the CPU (default: a share of the available memory); larger
+    images are tiled exactly. ``progress=True`` shows a progress bar on large images.
     """
 
     def __init__(self, weights=None, scale: float | None = None, device="auto",
                  precision: str = "fp32", tile: int | None = None, tile_pad: int | None = None,
                  alpha_upsampler: str = DEFAULT_ALPHA_UPSAMPLER, plain: bool = False,
-                 compile: bool = False, progress: bool = False):
+                 compile: bool = False, progress: bool = False, backend: str | None = None,
+                 threads: int | None = None, memory_budget: int | str | None = None,
+                 log=None):
         scale = _check_scale(scale)
         if alpha_upsampler not in ALPHA_UPSAMPLERS:
             raise ConfigError(f"alpha_upsampler must be one of {', '.join(ALPHA_UPSAMPLERS)}, "
                               f"got {alpha_upsampler!r}")
         if tile is not None and tile < 0 or tile_pad is not None and tile_pad < 0:
             raise ConfigError("tile and tile_pad must be >= 0")
+        if threads is not None and (not isinstance(threads, int) or threads < 0):
+            raise ConfigError(f"threads must be a whole number >= 0 (0: all physical cores), "
+                              f"got {threads!r}")
+        self.threads = threads or physical_cores()
+        torch.set_num_threads(self.threads)
+        self.memory_budget = parse_bytes(memory_budget) if memory_budget is not None else None
+        if self.memory_budget is not None and self.memory_budget <= 0:
+            raise ConfigError(f"memory budget must be positive, got {memory_budget!r}")
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         if weights is None:
@@ -146,8 +160,20 @@ class Upscaler:
             warnings.warn(f"the weights are x{self.native_scale}: the remaining "
                           f"x{self.scale / self.native_scale:g} to x{self.scale:g} is MATLAB "
                           "bicubic, not super-resolution", stacklevel=2)
-        if not plain:
-            model = _optimize(model, device=self.device, compile=compile)
+        backend = backend or os.environ.get("BSRN_BACKEND") or "auto"
+        if plain:
+            if backend not in ("auto", "torch"):
+                raise ConfigError(f"plain runs the PyTorch model as loaded; it cannot run on "
+                                  f"the {backend} backend")
+            self.backend = "torch (plain)"
+        else:
+            if self.precision != "fp32" and backend == "auto":
+                backend = "torch"  # half precision is a PyTorch (autocast) feature here
+            elif self.precision != "fp32" and backend != "torch":
+                raise ConfigError(f"the {backend} backend runs fp32; use --backend torch for "
+                                  f"{self.precision}")
+            model, self.backend = make_backend(model, backend, self.device, self.threads,
+                                               compile=compile, progress=log)
         self.model = model
         self.tile = tile or None
         self.tile_pad = 16 if tile_pad is None else tile_pad
@@ -157,8 +183,10 @@ class Upscaler:
     def describe(self) -> str:
         """One line for logs: weights, architecture, scale, device, precision, tiling."""
         tiling = f"{self.tile} px tiles" if self.tile else "automatic tiling"
+        threads = f", {self.threads} threads" if self.device.type == "cpu" else ""
         return (f"{Path(self.weights).name} ({self.arch} x{self.native_scale}) -> "
-                f"x{self.scale:g} on {self.device}, {self.precision}, {tiling}")
+                f"x{self.scale:g} on {self.device}{threads}, {self.backend}, {self.precision}, "
+                f"{tiling}")
 
     def __repr__(self):
         return (f"Upscaler(weights={self.weights!r}, scale={self.scale}, device={self.device}, "
@@ -173,7 +201,8 @@ class Upscaler:
 
     def _net(self, x: torch.Tensor) -> torch.Tensor:
         y = forward_auto(self.model, x, device=self.device, precision=self.precision,
-                         tile=self.tile, tile_pad=self.tile_pad, progress=self.progress)
+                         tile=self.tile, tile_pad=self.tile_pad, progress=self.progress,
+                         memory_budget_bytes=self.memory_budget)
         return y.clamp(0, 1)
 
     def upscale_planes(self, x: torch.Tensor) -> torch.Tensor:

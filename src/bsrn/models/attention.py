@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import act_, add_, conv1x1, make_activation, make_conv, mul_
+from .blocks import add_, conv1x1, conv_act, make_activation, make_conv, mul_
 
 #: Smallest LR side ESA accepts: stride-2 3x3 conv then a 7x7 max-pool need H >= 15.
 ESA_MIN_SIZE = 15
@@ -36,12 +36,14 @@ class ESA(nn.Module):
         self.act = make_activation(act)
         self.maxPooling = nn.MaxPool2d(kernel_size=7, stride=3)
 
+    #: Convs whose output goes straight into ``act`` (``bsrn.rewrite`` may fuse the two).
+    act_convs = ("conv_max", "conv3")
+
     def context(self, c2: torch.Tensor) -> torch.Tensor:
         """The low-resolution context, from conv2's output (stride 2): max-pool 7/3, then
         act(conv_max), act(conv3), conv3_; about 1/6 of the input resolution."""
-        v = self.maxPooling(c2)
-        v = act_(self.act, self.conv_max(v))
-        return self.conv3_(act_(self.act, self.conv3(v)))
+        v = conv_act(self.conv_max, self.act, self.maxPooling(c2))
+        return self.conv3_(conv_act(self.conv3, self.act, v))
 
     def mask(self, c1_: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         """The spatial mask sigmoid(conv4(up + conv_f(c1_))) from conv1's output ``c1_`` and the

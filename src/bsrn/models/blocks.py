@@ -148,6 +148,13 @@ def act_(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return act(x)
 
 
+def conv_act(conv: nn.Module, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``act(conv(x))``; a conv into which ``bsrn.rewrite`` fused the activation
+    (``applies_act``) is just called."""
+    y = conv(x)
+    return y if getattr(conv, "applies_act", False) else act_(act, y)
+
+
 def add_(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``x + y``, in place on the fresh intermediate ``x`` when autograd is off."""
     return x.add_(y) if not torch.is_grad_enabled() else x + y

@@ -1,0 +1,331 @@
+"""Inference backends: PyTorch, ONNX Runtime and OpenVINO behind one call contract.
+
+An external runtime runs graphs that bsrn exports and verifies itself (:func:`bsrn.export.
+export_stages`): the whole network, and its heavy stages (head, each block body, tail) so that
+the exact tiler keeps whole-image statistics at the runtime's speed. Graphs are cached per model
+in the user cache folder (``BSRN_CACHE``, else ``$XDG_CACHE_HOME/bsrn``, else ``~/.cache/bsrn``),
+keyed by a hash of the weights, so they are rebuilt when the weights change; a graph folder is
+written atomically. ``auto`` picks the fastest installed backend for this device and thread
+count by a short measurement, cached in the same folder.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
+#: Bumped whenever the exported graphs change, so cached graphs are rebuilt.
+GRAPH_VERSION = "2"
+#: Max |diff| allowed between a runtime and PyTorch on the verification input (fp32).
+VERIFY_ATOL = 1e-4
+_PIP_EXTRA = {"onnxruntime": "onnx", "openvino": "openvino"}
+
+
+def cache_dir() -> Path:
+    """The user cache folder for exported graphs and backend measurements."""
+    env = os.environ.get("BSRN_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "bsrn"
+
+
+def cpu_name() -> str:
+    """The CPU model name (for logs and cache keys)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use (hyper-threads counted once)."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except AttributeError:  # not Linux
+        return max(1, (os.cpu_count() or 2) // 2)
+    cores = set()
+    for c in cpus:
+        topo = Path(f"/sys/devices/system/cpu/cpu{c}/topology")
+        try:
+            cores.add(((topo / "physical_package_id").read_text().strip(),
+                       (topo / "core_id").read_text().strip()))
+        except OSError:
+            cores.add(("?", str(c)))
+    return max(1, len(cores))
+
+
+def installed(name: str) -> bool:
+    """Whether the runtime behind backend ``name`` can be imported."""
+    if name == "torch":
+        return True
+    import importlib.util
+
+    mod = {"onnxruntime": "onnxruntime", "openvino": "openvino"}[name]
+    return importlib.util.find_spec(mod) is not None and importlib.util.find_spec("onnx") is not None
+
+
+def model_key(model: nn.Module) -> str:
+    """A hash of the network's config and weights (and the graph format version)."""
+    h = hashlib.sha256(f"{GRAPH_VERSION}|{torch.__version__}".encode())
+    cfg = getattr(model, "cfg", None)
+    h.update(json.dumps(cfg.to_dict() if hasattr(cfg, "to_dict") else str(cfg),
+                        sort_keys=True).encode())
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def graphs_for(model: nn.Module, progress=None) -> dict[str, Path]:
+    """The exported graphs of ``model`` from the cache, exported (and verified) when missing."""
+    from .export import export_stages
+
+    folder = cache_dir() / "graphs" / model_key(model)
+    done = folder / "graphs.json"
+    if done.is_file():
+        names = json.loads(done.read_text())
+        paths = {n: folder / f"{n}.onnx" for n in names}
+        if all(p.is_file() for p in paths.values()):
+            return paths
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if progress:
+        progress(f"exporting graphs for this model to {folder} (once)")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        paths = export_stages(model, tmp)
+        (tmp / "graphs.json").write_text(json.dumps(sorted(paths)))
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return {n: folder / f"{n}.onnx" for n in paths}
+
+
+# ----------------------------------------------------------------------------- runtimes
+class _OrtGraph:
+    """One graph in an ONNX Runtime session."""
+
+    def __init__(self, path: Path, threads: int):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.names = [i.name for i in self.sess.get_inputs()]
+
+    def __call__(self, *xs: np.ndarray) -> np.ndarray:
+        return self.sess.run(None, dict(zip(self.names, xs)))[0]
+
+
+class _OvGraph:
+    """One graph compiled by OpenVINO for the CPU, in fp32 (OpenVINO's default on CPUs with
+    bf16 instructions is bf16, which changes the output)."""
+
+    _core = None
+
+    def __init__(self, path: Path, threads: int):
+        import openvino as ov
+
+        if _OvGraph._core is None:
+            _OvGraph._core = ov.Core()
+        cfg = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
+               "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        self.compiled = _OvGraph._core.compile_model(str(path), "CPU", cfg)
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, *xs: np.ndarray) -> np.ndarray:
+        self.request.infer(list(xs))
+        return self.request.get_output_tensor(0).data.copy()
+
+
+_RUNTIMES = {"onnxruntime": _OrtGraph, "openvino": _OvGraph}
+
+
+class _Runner:
+    """Tensor in, tensor out through a runtime graph (CPU, fp32)."""
+
+    def __init__(self, graph):
+        self.graph = graph
+
+    def __call__(self, *xs: torch.Tensor) -> torch.Tensor:
+        arrays = [np.ascontiguousarray(x.detach().float().cpu().numpy()) for x in xs]
+        return torch.from_numpy(self.graph(*arrays))
+
+
+class _RuntimeBlock:
+    """A block whose ``body`` runs in the runtime; its light stages stay in PyTorch."""
+
+    def __init__(self, block: nn.Module, body: _Runner):
+        self.block, self.body = block, body
+        self.esa, self.attention = block.esa, block.attention
+        self.cca = getattr(block, "cca", None)
+        self.output = block.output
+
+
+class RuntimeNet(nn.Module):
+    """A staged network run by an external runtime (ONNX Runtime or OpenVINO) on the CPU.
+
+    Same call contract as the PyTorch network (NCHW float32 in [0, 1] in and out, ``scale``,
+    ``min_size``, ``cfg``), and the same stages, so ``bsrn.tiling.forward_tiled`` tiles it
+    exactly: ``head``, each block's ``body`` and ``tail`` run in the runtime, the light
+    whole-image passes (ESA context and mask, CCA statistics and gate, block output, fusion)
+    in PyTorch.
+    """
+
+    def __init__(self, model: nn.Module, backend: str, threads: int | None = None,
+                 progress=None):
+        super().__init__()
+        if backend not in _RUNTIMES:
+            raise ConfigError(f"unknown runtime backend {backend!r}")
+        if not installed(backend):
+            raise ConfigError(f"backend {backend} is not installed: pip install "
+                              f"\"bsrn[{_PIP_EXTRA[backend]}]\"")
+        from .rewrite import optimize
+
+        self.backend = backend
+        self.torch_model = optimize(model, "cpu")  # the light passes, on the fast path
+        self.cfg = model.cfg
+        self.memory_format = getattr(self.torch_model, "memory_format", torch.contiguous_format)
+        threads = threads or torch.get_num_threads()
+        make = _RUNTIMES[backend]
+        paths = graphs_for(model, progress)
+        self._whole = _Runner(make(paths["whole"], threads))
+        self._head = _Runner(make(paths["head"], threads))
+        self._tail = _Runner(make(paths["tail"], threads))
+        self._blocks = [_RuntimeBlock(b, _Runner(make(paths[f"body{k + 1}"], threads)))
+                        for k, b in enumerate(self.torch_model.blocks())]
+        self.max_abs_diff = self._verify(model)
+
+    @property
+    def scale(self) -> int:
+        return self.torch_model.scale
+
+    @property
+    def min_size(self) -> int:
+        return self.torch_model.min_size
+
+    def blocks(self):
+        return self._blocks
+
+    def head(self, x):
+        return self._head(x).contiguous(memory_format=self.memory_format)
+
+    def fuse(self, acc, k, out):
+        return self.torch_model.fuse(acc, k, out)
+
+    def tail(self, acc, fea):
+        return self._tail(acc, fea)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from .models.base import sr_forward
+
+        return sr_forward(lambda self_, t: self._whole(t))(self, x).to(x.device)
+
+    @torch.no_grad()
+    def _verify(self, model: nn.Module) -> float:
+        """Whole graph and stages against PyTorch on a random input; raises on a mismatch."""
+        from .tiling import forward_tiled
+
+        x = torch.rand(1, 3, 40, 47, generator=torch.Generator().manual_seed(0))
+        ref = model(x)
+        diffs = [(self(x) - ref).abs().max().item(),
+                 (forward_tiled(self, x, tile=16) - ref).abs().max().item()]
+        worst = max(diffs)
+        if not worst <= VERIFY_ATOL:
+            raise ConfigError(f"the {self.backend} graphs differ from PyTorch by {worst:.2e} "
+                              f"(> {VERIFY_ATOL}); delete {cache_dir() / 'graphs'} and retry")
+        return worst
+
+
+# ----------------------------------------------------------------------------- choosing
+def _median_time(fn, x, reps: int) -> float:
+    fn(x)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def choose_backend(model: nn.Module, device: torch.device, threads: int,
+                   candidates=None, size: int = 128, reps: int = 3, progress=None) -> str:
+    """The fastest installed backend for ``model``'s architecture on this device and thread
+    count, by a short measurement at ``size`` x ``size`` (cached per CPU, thread count,
+    architecture and library versions in the cache folder). Non-CPU devices use torch."""
+    if device.type != "cpu" or not hasattr(model, "blocks"):
+        return "torch"
+    candidates = [b for b in (candidates or BACKENDS[1:]) if installed(b)]
+    if len(candidates) == 1:
+        return candidates[0]
+    import importlib.metadata as md
+
+    versions = []
+    for pkg in ("torch", "onnxruntime", "openvino"):
+        try:
+            versions.append(f"{pkg}={md.version(pkg)}")
+        except md.PackageNotFoundError:
+            pass
+    cfg = model.cfg.to_dict() if hasattr(model.cfg, "to_dict") else str(model.cfg)
+    key = hashlib.sha256(json.dumps([cpu_name(), threads, cfg, candidates, versions, size],
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    store = cache_dir() / "backend_choice.json"
+    try:
+        known = json.loads(store.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known and known[key].get("backend") in candidates:
+        return known[key]["backend"]
+    if progress:
+        progress(f"measuring backends ({', '.join(candidates)}) at {threads} threads (once)")
+    from .rewrite import optimize
+
+    x = torch.rand(1, 3, size, size)
+    times = {}
+    with torch.inference_mode():
+        for name in candidates:
+            net = optimize(model, "cpu") if name == "torch" else RuntimeNet(model, name, threads)
+            times[name] = _median_time(net, x, reps)
+    best = min(times, key=times.get)
+    known[key] = {"backend": best, "seconds": times, "cpu": cpu_name(), "threads": threads}
+    from .checkpoint import atomic_write
+
+    atomic_write(store, lambda tmp: Path(tmp).write_text(json.dumps(known, indent=1)))
+    return best
+
+
+def make_backend(model: nn.Module, backend: str, device: torch.device, threads: int,
+                 compile: bool = False, progress=None) -> tuple[nn.Module, str]:
+    """(network ready to run, backend name) for ``backend`` in BACKENDS."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "auto":
+        backend = choose_backend(model, device, threads, progress=progress)
+    if backend == "torch":
+        from .rewrite import optimize
+
+        return optimize(model, device, compile=compile), "torch"
+    if device.type != "cpu":
+        raise ConfigError(f"the {backend} backend runs on the CPU here; use --backend torch "
+                          f"for {device.type}")
+    return RuntimeNet(model, backend, threads, progress), backend

@@ -1,0 +1,110 @@
+"""Backends: ONNX Runtime and OpenVINO run graphs we export and verify, whole and exactly tiled,
+cached per weights; ``auto`` measures once and says what it picked."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import bsrn
+from bsrn.backends import RuntimeNet, cache_dir, choose_backend, installed, make_backend, model_key
+from bsrn.errors import ConfigError
+from bsrn.tiling import forward_tiled
+
+RUNTIMES = [pytest.param(b, marks=pytest.mark.skipif(not installed(b), reason=f"{b} not installed"))
+            for b in ("onnxruntime", "openvino")]
+
+
+def _lively(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel()))
+            else:
+                p.copy_((torch.rand(p.shape, generator=g) - 0.5) * 0.2)
+    return model.eval()
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("BSRN_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def small():
+    return _lively(bsrn.create_model("bsrn", scale=2, num_feat=16, num_block=2))
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("backend", RUNTIMES)
+@pytest.mark.parametrize("arch", ["bsrn", "bsrn_s", "rfdn"])
+def test_runtime_whole_and_exact_tiles_equal_pytorch(backend, arch):
+    model = _lively(bsrn.create_model(arch, scale=3, num_feat=16, num_block=2), seed=3)
+    net = RuntimeNet(model, backend, threads=1)
+    x = torch.rand(2, 3, 43, 38, generator=torch.Generator().manual_seed(1))
+    ref = model(x)
+    assert net.scale == 3 and net.min_size == 15
+    assert (net(x) - ref).abs().max() <= 1e-4
+    assert (forward_tiled(net, x, tile=16) - ref).abs().max() <= 1e-4
+    small = torch.rand(1, 3, 9, 11)  # below ESA's minimum: padded like the PyTorch model
+    assert (net(small) - model(small)).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("backend", RUNTIMES)
+def test_graphs_are_cached_per_weights_and_rebuilt_when_they_change(backend, small):
+    RuntimeNet(small, backend, threads=1)
+    folder = cache_dir() / "graphs" / model_key(small)
+    assert (folder / "whole.onnx").is_file() and (folder / "body2.onnx").is_file()
+    stamp = (folder / "whole.onnx").stat().st_mtime_ns
+    RuntimeNet(small, backend, threads=1)  # reuses the cached graphs
+    assert (folder / "whole.onnx").stat().st_mtime_ns == stamp
+    changed = _lively(bsrn.create_model("bsrn", scale=2, num_feat=16, num_block=2), seed=9)
+    assert model_key(changed) != model_key(small)
+    net = RuntimeNet(changed, backend, threads=1)
+    x = torch.rand(1, 3, 20, 21)
+    with torch.no_grad():
+        assert (net(x) - changed(x)).abs().max() <= 1e-4  # the new weights, not the cached ones
+    assert not [p for p in (cache_dir() / "graphs").iterdir() if p.name.startswith(".")]
+
+
+def test_auto_measures_once_and_caches_its_choice(small, monkeypatch):
+    cpu = torch.device("cpu")
+    first = choose_backend(small, cpu, 1, size=32, reps=1)
+    assert first in ("torch", "onnxruntime", "openvino") and installed(first)
+    store = cache_dir() / "backend_choice.json"
+    if sum(installed(b) for b in ("torch", "onnxruntime", "openvino")) > 1:
+        entry = next(iter(json.loads(store.read_text()).values()))
+        assert entry["backend"] == first and set(entry["seconds"]) >= {"torch"}
+        monkeypatch.setattr("bsrn.backends._median_time",
+                            lambda *a, **k: pytest.fail("measured twice"))
+        assert choose_backend(small, cpu, 1, size=32, reps=1) == first
+    assert choose_backend(small, torch.device("meta"), 1) == "torch"  # non-CPU devices
+
+
+@pytest.mark.parametrize("backend", RUNTIMES)
+def test_upscaler_on_a_runtime_matches_torch(backend, tmp_path):
+    model = _lively(bsrn.create_model("bsrn", scale=2, num_feat=16, num_block=1), seed=5)
+    path = bsrn.save_model(model, tmp_path / "w.safetensors")
+    img = (np.random.default_rng(0).random((30, 41, 3)) * 255).astype(np.uint8)
+    ref = bsrn.Upscaler(path, backend="torch", device="cpu")
+    up = bsrn.Upscaler(path, backend=backend, device="cpu", threads=1)
+    assert up.backend == backend and backend in up.describe()
+    diff = np.abs(up(img).astype(int) - ref(img).astype(int))
+    assert diff.max() <= 1
+
+
+def test_bad_backend_requests_are_one_line_errors(small, monkeypatch):
+    cpu = torch.device("cpu")
+    with pytest.raises(ConfigError, match="backend must be one of"):
+        make_backend(small, "tensorrt", cpu, 1)
+    monkeypatch.setattr("bsrn.backends.installed", lambda name: name == "torch")
+    with pytest.raises(ConfigError, match=r'pip install "bsrn\[openvino\]"'):
+        make_backend(small, "openvino", cpu, 1)
+    with pytest.raises(ConfigError, match="runs fp32"):
+        bsrn.Upscaler(small, backend="onnxruntime", precision="bf16", device="cpu")
+    with pytest.raises(ConfigError, match="threads"):
+        bsrn.Upscaler(small, threads=-1, device="cpu")
