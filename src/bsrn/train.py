@@ -428,6 +428,19 @@ def resume(state: TrainState, cfg: TrainConfig, procs: Processes) -> Path | None
     return None
 
 
+def resume_or_warm_start(state: TrainState, cfg: TrainConfig, procs: Processes) -> str:
+    """Where training starts: the newest intact checkpoint when ``run.resume``, else the
+    ``model.init`` weights, else the fresh network. Returns that in one line (or '')."""
+    resumed = resume(state, cfg, procs) if cfg.run.resume else None
+    if resumed is not None:
+        return f"resumed from {resumed} at step {state.step}"
+    said = f"no checkpoint in {Path(cfg.run.dir) / 'checkpoints'}: starting at step 0" \
+        if cfg.run.resume else ""
+    if cfg.model.init:
+        said = "; ".join(filter(None, [said, warm_start(state, cfg.model.init)]))
+    return said
+
+
 # ----------------------------------------------------------------------------- validation
 def validate(state: TrainState, cfg: TrainConfig, device, jlog: _RunLog, tb=None) -> float:
     """Y-PSNR/SSIM of the EMA (or raw) weights on ``val.dataset`` at ``state.step``; writes the
@@ -516,15 +529,9 @@ def train(cfg: TrainConfig | str | os.PathLike, overrides: list[str] | None = No
     log_file = prepare_run_dir(cfg) if is_main else None
     tb = None
     try:
-        resumed = resume(state, cfg, procs) if cfg.run.resume else None
-        if resumed is not None and is_main:
-            log.info(f"resumed from {resumed} at step {state.step}")
-        elif cfg.run.resume and is_main:
-            log.info(f"no checkpoint in {run_dir / 'checkpoints'}: starting at step 0")
-        if resumed is None and cfg.model.init:
-            msg = warm_start(state, cfg.model.init)
-            if is_main:
-                log.info(msg)
+        start = resume_or_warm_start(state, cfg, procs)
+        if is_main and start:
+            log.info(start)
         step, total = state.step, cfg.train.iterations
         model, optimizer, scheduler, scaler = (state.model, state.optimizer, state.scheduler,
                                                state.scaler)
