@@ -151,7 +151,8 @@ def test_plot_log_chains_training_stages(tmp_path):
 def test_checkpoint_holds_only_tensors_and_json(dataset, tmp_path):
     """Resume state reads back with weights_only=True: tensors, plain values and a JSON block
     with the counters, schedule, sampler position and the resolved config."""
-    cfg = _cfg(dataset, tmp_path / "ck", "train.iterations=3", "run.ckpt_every=3", "train.ema=0.9")
+    cfg = _cfg(dataset, tmp_path / "ck", "train.iterations=3", "run.ckpt_every=3",
+               "train.ema=0.9")
     train(cfg)
     path = tmp_path / "ck" / "checkpoints" / "step_00000003.pt"
     ck = torch.load(path, weights_only=True)
