@@ -196,6 +196,8 @@ class TrainConfig:
 
     def check_paths(self) -> None:
         """Every dataset folder exists (training and validation): checked before any step."""
+        if not self.data.train:
+            raise ConfigError("data.train: no training folder given")
         for entry in self.data.train:
             for folder in (entry.values() if isinstance(entry, dict) else [entry]):
                 if not Path(folder).is_dir():

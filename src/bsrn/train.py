@@ -104,6 +104,11 @@ def setup_processes(cfg: TrainConfig) -> Processes:
             device = torch.device(cfg.train.device)
         except RuntimeError:
             raise ConfigError(f"train.device: unknown device {cfg.train.device!r}") from None
+    try:
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError) as e:
+        raise ConfigError(f"train.device: {device} is not usable here "
+                          f"({' '.join(str(e).split())[:120]})") from None
     if device.type == "cuda":
         torch.cuda.set_device(device)
     own_group = world > 1 and not dist.is_initialized()
@@ -190,9 +195,9 @@ def prepare_run_dir(cfg: TrainConfig) -> logging.Handler:
                           "continue it, or choose another run.dir")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(run_dir / "config.yaml", lambda t: Path(t).write_text(dump_config(cfg)))
     except OSError as e:
-        raise ConfigError(f"run.dir {run_dir}: cannot create ({e.strerror})") from None
-    atomic_write(run_dir / "config.yaml", lambda t: Path(t).write_text(dump_config(cfg)))
+        raise ConfigError(f"run.dir {run_dir}: cannot write there ({e.strerror})") from None
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     handler = logging.FileHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
@@ -364,9 +369,12 @@ def load_checkpoint(path: str | os.PathLike, device="cpu") -> dict:
         raise CheckpointError(f"{path}: not a {CHECKPOINT_FORMAT} training checkpoint")
     try:
         meta = json.loads(ck["meta"])
-        if not all(isinstance(ck[k], dict) for k in ("model", "optimizer", "rng")) \
-                or not isinstance(meta["step"], int):
-            raise ValueError("missing sections")
+        missing = [k for k in ("model", "optimizer", "rng") if not isinstance(ck.get(k), dict)]
+        missing += [f"rng.{k}" for k in ("python", "numpy", "torch") if k not in ck["rng"]]
+        missing += [f"meta.{k}" for k in ("step", "best_step", "best_psnr", "scheduler", "scaler")
+                    if k not in meta]
+        if missing or not isinstance(meta["step"], int) or meta["step"] < 0:
+            raise ValueError(f"missing or bad {', '.join(missing) or 'meta.step'}")
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: damaged training checkpoint ({e})") from None
     ck["meta"] = meta

@@ -4,7 +4,6 @@ import io
 import json
 import logging
 import pickle
-import shutil
 import sys
 import zipfile
 from pathlib import Path
@@ -123,7 +122,7 @@ def test_no_unsafe_torch_load_in_the_package():
 
 
 # ----------------------------------------------------------------------------- damaged newest
-@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage", "foreign"])
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage", "foreign", "partial"])
 def test_damaged_newest_checkpoint_falls_back_to_the_intact_one(recipe, capsys, caplog, damage):
     cfg, run = _trained(recipe, capsys)
     want = _losses(run)
@@ -133,6 +132,12 @@ def test_damaged_newest_checkpoint_falls_back_to_the_intact_one(recipe, capsys, 
                         "garbage": bytes(range(256)) * 8}.get(damage, b""))
     if damage == "foreign":  # a valid tensor file, but not a training state
         torch.save({"weight": torch.zeros(2)}, newest)
+    if damage == "partial":  # ours, but with its RNG states and schedule lost
+        ck = torch.load(io.BytesIO(data), weights_only=True)
+        del ck["rng"]["torch"]
+        ck["meta"] = json.dumps({k: v for k, v in json.loads(ck["meta"]).items()
+                                 if k != "scheduler"})
+        torch.save(ck, newest)
     caplog.set_level(logging.WARNING, "bsrn.train")
     assert main(["train", "--resume", str(run)]) == 0
     said = [r.getMessage() for r in caplog.records if "step_00000004.pt" in r.getMessage()]
@@ -172,7 +177,7 @@ BAD = ["optim.lr=.nan", "optim.lr=.inf", "optim.lr=0", "optim.lr=-1e-3", "run.ck
        # values YAML cannot parse, or refuses
        "model.args={num_feat: 8", "data.train=[a", "optim.lr=@3", "train.iterations=*x",
        "optim.lr=!!python/object/apply:os.system [touch pwned]", "optim.lr: 1",
-       "train.device=quantum"]
+       "train.device=quantum", "train.device=cuda:7", "data.train=[]"]
 
 
 @pytest.mark.parametrize("bad", BAD)
@@ -195,6 +200,13 @@ def test_missing_dataset_stops_at_start_up(recipe, capsys, tmp_path, where):
     key = "val.dataset" if where == "val.dataset" else "data.train"
     assert str(gone) in line and key in line
     assert not run.exists()
+
+
+def test_run_dir_that_is_a_file_stops_at_start_up(recipe, capsys):
+    cfg, run = recipe
+    line = _one_line_error(capsys, main(["train", "--config", str(cfg), "--set", f"run.dir={cfg}"]))
+    assert "run.dir" in line and str(cfg) in line
+    assert "iterations" in cfg.read_text()  # the file is untouched
 
 
 def test_empty_val_dataset_stops_at_start_up(recipe, capsys, tmp_path):
