@@ -104,13 +104,16 @@ def setup_processes(cfg: TrainConfig) -> Processes:
             device = torch.device(cfg.train.device)
         except RuntimeError:
             raise ConfigError(f"train.device: unknown device {cfg.train.device!r}") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"train.device: {device} is not available here "
+                          f"({torch.cuda.device_count()} CUDA devices)")
     try:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
         torch.empty(1, device=device)
-    except (RuntimeError, AssertionError) as e:
+    except (RuntimeError, AssertionError, ValueError) as e:
         raise ConfigError(f"train.device: {device} is not usable here "
                           f"({' '.join(str(e).split())[:120]})") from None
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
     own_group = world > 1 and not dist.is_initialized()
     if own_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
