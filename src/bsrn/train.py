@@ -193,8 +193,10 @@ def prepare_run_dir(cfg: TrainConfig) -> logging.Handler:
     """Create ``run.dir`` (refusing one with checkpoints unless resuming), keep the resolved
     config in it, and log to ``train.log`` there. Returns the file handler."""
     run_dir = Path(cfg.run.dir)
-    if not cfg.run.resume and checkpoint_files(run_dir):
-        raise ConfigError(f"run.dir {run_dir} already holds checkpoints: pass --resume to "
+    done = [p for p in ("model.safetensors", "best.safetensors") if (run_dir / p).is_file()]
+    if not cfg.run.resume and (checkpoint_files(run_dir) or done):
+        held = "checkpoints" if checkpoint_files(run_dir) else done[0]
+        raise ConfigError(f"run.dir {run_dir} already holds {held} of a run: pass --resume to "
                           "continue it, or choose another run.dir")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -217,6 +217,16 @@ def test_empty_val_dataset_stops_at_start_up(recipe, capsys, tmp_path):
     assert "val.dataset" in line and "no images" in line and not run.exists()
 
 
+def test_a_fresh_run_never_replaces_a_finished_one(recipe, capsys):
+    cfg, run = _trained(recipe, capsys)
+    for p in checkpoint_files(run):
+        p.unlink()
+    weights = (run / "model.safetensors").read_bytes()
+    line = _one_line_error(capsys, main(["train", "--config", str(cfg)]))
+    assert "model.safetensors" in line and "--resume" in line
+    assert (run / "model.safetensors").read_bytes() == weights
+
+
 def test_keep_last_one_keeps_a_resumable_checkpoint(recipe, capsys):
     cfg, run = _trained(recipe, capsys, "--set", "run.keep_last=1")
     assert [p.name for p in checkpoint_files(run)] == ["step_00000004.pt"]
