@@ -619,7 +619,11 @@ def train(cfg: TrainConfig | str | os.PathLike, overrides: list[str] | None = No
                                  and time.time() - t_start > 60 * cfg.train.time_limit_min)
                     stopping = agree_to_stop(stop.requested or timed_out, procs)
                 if is_main and cfg.val.dataset and (step % cfg.val.every == 0 or step == total):
-                    last_psnr, last_val_step = validate(state, cfg, device, jlog, tb), step
+                    try:
+                        last_psnr, last_val_step = validate(state, cfg, device, jlog, tb), step
+                    except BsrnError:  # e.g. an unreadable image: keep the steps made so far
+                        save_checkpoint(state, cfg, procs)
+                        raise
                 if is_main and (step % cfg.run.ckpt_every == 0 or step == total or stopping):
                     save_checkpoint(state, cfg, procs)
                 if stopping:

@@ -227,6 +227,16 @@ def test_a_fresh_run_never_replaces_a_finished_one(recipe, capsys):
     assert (run / "model.safetensors").read_bytes() == weights
 
 
+def test_a_failing_validation_keeps_the_steps_made(recipe, capsys, tmp_path):
+    cfg, run = recipe
+    (tmp_path / "val" / "HR" / "w.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    line = _one_line_error(capsys, main(["train", "--config", str(cfg), "--set",
+                                         f"val.dataset={tmp_path / 'val'}", "--set", "val.every=3",
+                                         "--set", "run.ckpt_every=100", "--set", "val.crops=0"]))
+    assert "w.png" in line
+    assert [load_checkpoint(p)["meta"]["step"] for p in checkpoint_files(run)] == [3]
+
+
 def test_keep_last_one_keeps_a_resumable_checkpoint(recipe, capsys):
     cfg, run = _trained(recipe, capsys, "--set", "run.keep_last=1")
     assert [p.name for p in checkpoint_files(run)] == ["step_00000004.pt"]
