@@ -391,7 +391,7 @@ def _load_failure(e: Exception) -> str:
     text = str(e)
     m = re.search(r"Unsupported global: GLOBAL (\S+)", text)
     if m:
-        return f"it holds pickled code ({m.group(1)}), refused without running it"
+        return f"it pickles a reference to {m.group(1)}, refused unrun by the tensor-only reader"
     m = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
     if m:
         return f"refused by the tensor-only reader: {m.group(1).split('. ')[0][:120]}"
