@@ -204,7 +204,8 @@ def test_missing_dataset_stops_at_start_up(recipe, capsys, tmp_path, where):
 
 def test_run_dir_that_is_a_file_stops_at_start_up(recipe, capsys):
     cfg, run = recipe
-    line = _one_line_error(capsys, main(["train", "--config", str(cfg), "--set", f"run.dir={cfg}"]))
+    rc = main(["train", "--config", str(cfg), "--set", f"run.dir={cfg}"])
+    line = _one_line_error(capsys, rc)
     assert "run.dir" in line and str(cfg) in line
     assert "iterations" in cfg.read_text()  # the file is untouched
 
