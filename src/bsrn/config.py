@@ -338,6 +338,8 @@ def load_config(path: str | os.PathLike | None = None,
             d = yaml.safe_load(path.read_text()) or {}
         except OSError as e:
             raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text (YAML) file") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: invalid YAML ({_first_line(e)})") from None
         if not isinstance(d, dict):

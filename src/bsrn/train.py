@@ -255,7 +255,7 @@ class _RunLog:
         self.jsonl, self.csv = run_dir / "log.jsonl", run_dir / "log.csv"
         rows = []
         if resume_step and self.jsonl.is_file():
-            for line in self.jsonl.read_text().splitlines():
+            for line in self.jsonl.read_text(errors="replace").splitlines():
                 try:
                     rows.append(json.loads(line))
                 except ValueError:  # a line cut short by a kill
@@ -351,7 +351,11 @@ def save_checkpoint(state: TrainState, cfg: TrainConfig, procs: Processes) -> Pa
                "ema": state.ema.state_dict() if state.ema is not None else None,
                "rng": _rng_state()}
     path = Path(cfg.run.dir) / "checkpoints" / f"step_{state.step:08d}.pt"
-    atomic_write(path, lambda t: torch.save(payload, t))
+    try:
+        atomic_write(path, lambda t: torch.save(payload, t))
+    except (OSError, RuntimeError) as e:  # disk full, folder removed, ...
+        raise TrainingError(f"{path}: cannot write the checkpoint at step {state.step} "
+                            f"({' '.join(str(e).split())[:120]})") from None
     keep = max(1, cfg.run.keep_last)
     for old in checkpoint_files(cfg.run.dir)[:-keep]:
         if old != path:

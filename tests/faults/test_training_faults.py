@@ -210,6 +210,12 @@ def test_run_dir_that_is_a_file_stops_at_start_up(recipe, capsys):
     assert "iterations" in cfg.read_text()  # the file is untouched
 
 
+def test_binary_config_file_is_one_line(capsys, tmp_path):
+    (tmp_path / "bin.yaml").write_bytes(bytes(range(256)))
+    line = _one_line_error(capsys, main(["train", "--config", str(tmp_path / "bin.yaml")]))
+    assert "bin.yaml" in line
+
+
 def test_empty_val_dataset_stops_at_start_up(recipe, capsys, tmp_path):
     cfg, run = recipe
     (tmp_path / "empty" / "HR").mkdir(parents=True)
@@ -236,6 +242,14 @@ def test_a_failing_validation_keeps_the_steps_made(recipe, capsys, tmp_path):
                                          "--set", "run.ckpt_every=100", "--set", "val.crops=0"]))
     assert "w.png" in line
     assert [load_checkpoint(p)["meta"]["step"] for p in checkpoint_files(run)] == [3]
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line(recipe, capsys):
+    cfg, run = recipe
+    run.mkdir()
+    (run / "checkpoints").write_text("in the way")
+    line = _one_line_error(capsys, main(["train", "--config", str(cfg)]))
+    assert "step_00000002.pt" in line and "cannot write" in line
 
 
 def test_keep_last_one_keeps_a_resumable_checkpoint(recipe, capsys):
