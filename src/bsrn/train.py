@@ -16,6 +16,7 @@ Run it with ``bsrn train --config configs/bsrn_x4.yaml`` or, on N processes,
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import json
@@ -189,25 +190,51 @@ def warm_start(state: TrainState, source: str) -> str:
     return f"warm start from {source}: {len(take)}/{len(own)} tensors"
 
 
-def prepare_run_dir(cfg: TrainConfig) -> logging.Handler:
-    """Create ``run.dir`` (refusing one with checkpoints unless resuming), keep the resolved
-    config in it, and log to ``train.log`` there. Returns the file handler."""
+def prepare_run_dir(cfg: TrainConfig) -> contextlib.ExitStack:
+    """Create and lock ``run.dir`` (one training process at a time; refusing a finished or
+    checkpointed run unless resuming), keep the resolved config in it, and log to
+    ``train.log`` there. Closing the returned stack releases the lock and the log file."""
     run_dir = Path(cfg.run.dir)
-    done = [p for p in ("model.safetensors", "best.safetensors") if (run_dir / p).is_file()]
-    if not cfg.run.resume and (checkpoint_files(run_dir) or done):
-        held = "checkpoints" if checkpoint_files(run_dir) else done[0]
-        raise ConfigError(f"run.dir {run_dir} already holds {held} of a run: pass --resume to "
-                          "continue it, or choose another run.dir")
+    cleanup = contextlib.ExitStack()
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(run_dir / "config.yaml", lambda t: Path(t).write_text(dump_config(cfg)))
-    except OSError as e:
-        raise ConfigError(f"run.dir {run_dir}: cannot write there ({e.strerror})") from None
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    handler = logging.FileHandler(run_dir / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    log.addHandler(handler)
-    return handler
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"run.dir {run_dir}: cannot create ({e.strerror})") from None
+        _lock_folder(run_dir, cleanup)
+        done = [p for p in ("model.safetensors", "best.safetensors") if (run_dir / p).is_file()]
+        if not cfg.run.resume and (checkpoint_files(run_dir) or done):
+            held = "checkpoints" if checkpoint_files(run_dir) else done[0]
+            raise ConfigError(f"run.dir {run_dir} already holds {held} of a run: pass --resume "
+                              "to continue it, or choose another run.dir")
+        try:
+            atomic_write(run_dir / "config.yaml", lambda t: Path(t).write_text(dump_config(cfg)))
+        except OSError as e:
+            raise ConfigError(f"run.dir {run_dir}: cannot write there ({e.strerror})") from None
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        handler = logging.FileHandler(run_dir / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(handler)
+        cleanup.callback(handler.close)
+        cleanup.callback(log.removeHandler, handler)
+    except BaseException:
+        cleanup.close()
+        raise
+    return cleanup
+
+
+def _lock_folder(run_dir: Path, cleanup: contextlib.ExitStack) -> None:
+    """An exclusive advisory lock on the folder itself, released on exit or kill (POSIX)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        return
+    fd = os.open(run_dir, os.O_RDONLY)
+    cleanup.callback(os.close, fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise ConfigError(f"run.dir {run_dir} is in use by another training process") from None
 
 
 def make_batches(cfg: TrainConfig, procs: Processes, start_step: int):
@@ -543,7 +570,7 @@ def train(cfg: TrainConfig | str | os.PathLike, overrides: list[str] | None = No
     device, is_main, run_dir = procs.device, procs.is_main, Path(cfg.run.dir)
     seed_everything(cfg, device)
     state = build_state(cfg, device)
-    log_file = prepare_run_dir(cfg) if is_main else None
+    run_folder = prepare_run_dir(cfg) if is_main else contextlib.ExitStack()
     tb = None
     try:
         start = resume_or_warm_start(state, cfg, procs)
@@ -649,9 +676,7 @@ def train(cfg: TrainConfig | str | os.PathLike, overrides: list[str] | None = No
     finally:
         if tb is not None:
             tb.close()
-        if log_file is not None:
-            log.removeHandler(log_file)
-            log_file.close()
+        run_folder.close()
     if procs.world > 1:
         dist.barrier()
         if procs.own_group:

@@ -3,6 +3,7 @@ start-up in one line, nothing is lost, and a core install (no TensorBoard) still
 import io
 import json
 import logging
+import os
 import pickle
 import sys
 import zipfile
@@ -250,6 +251,20 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line(recipe, capsys):
     (run / "checkpoints").write_text("in the way")
     line = _one_line_error(capsys, main(["train", "--config", str(cfg)]))
     assert "step_00000002.pt" in line and "cannot write" in line
+
+
+def test_a_second_writer_into_a_run_folder_is_refused(recipe, capsys):
+    fcntl = pytest.importorskip("fcntl", reason="folder locks are POSIX")
+    cfg, run = recipe
+    run.mkdir()
+    fd = os.open(run, os.O_RDONLY)  # another training process holds the folder
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        line = _one_line_error(capsys, main(["train", "--config", str(cfg)]))
+        assert "in use" in line and not (run / "config.yaml").exists()
+    finally:
+        os.close(fd)
+    assert main(["train", "--config", str(cfg)]) == 0  # free again: it trains
 
 
 def test_keep_last_one_keeps_a_resumable_checkpoint(recipe, capsys):
