@@ -207,6 +207,9 @@ def prepare_run_dir(cfg: TrainConfig) -> contextlib.ExitStack:
             held = "checkpoints" if checkpoint_files(run_dir) else done[0]
             raise ConfigError(f"run.dir {run_dir} already holds {held} of a run: pass --resume "
                               "to continue it, or choose another run.dir")
+        if cfg.run.resume and done and not checkpoint_files(run_dir):
+            raise ConfigError(f"run.dir {run_dir}: no checkpoint to resume from beside the "
+                              f"finished {done[0]}; choose another run.dir to train again")
         try:
             atomic_write(run_dir / "config.yaml", lambda t: Path(t).write_text(dump_config(cfg)))
         except OSError as e:

@@ -232,6 +232,8 @@ def test_a_fresh_run_never_replaces_a_finished_one(recipe, capsys):
     weights = (run / "model.safetensors").read_bytes()
     line = _one_line_error(capsys, main(["train", "--config", str(cfg)]))
     assert "model.safetensors" in line and "--resume" in line
+    line = _one_line_error(capsys, main(["train", "--resume", str(run)]))
+    assert "no checkpoint to resume" in line
     assert (run / "model.safetensors").read_bytes() == weights
 
 
