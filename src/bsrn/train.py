@@ -393,14 +393,14 @@ def save_checkpoint(state: TrainState, cfg: TrainConfig, procs: Processes) -> Pa
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, device="cpu") -> dict:
+def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read a training checkpoint with ``torch.load(weights_only=True)`` (no code runs) and
     check its layout; ``CheckpointError`` (one line) when it is unreadable or not ours."""
     path = Path(path)
     try:
         with warnings.catch_warnings():  # e.g. about the pickle protocol of a foreign file
             warnings.simplefilter("ignore")
-            ck = torch.load(path, map_location=device, weights_only=True)
+            ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, empty file, refused pickle, I/O error, ...
         raise CheckpointError(f"{path}: unreadable training checkpoint "
                               f"({_load_failure(e)})") from None
@@ -434,7 +434,8 @@ def _load_failure(e: Exception) -> str:
 
 
 def restore(state: TrainState, ck: dict, path: Path) -> None:
-    """Put a checkpoint read by ``load_checkpoint`` into ``state`` and the RNGs."""
+    """Put a checkpoint read by ``load_checkpoint`` into ``state`` and the RNGs (tensors move
+    to the device of the parameters they belong to)."""
     meta = ck["meta"]
     try:
         state.model.load_state_dict(ck["model"])
@@ -459,7 +460,7 @@ def resume(state: TrainState, cfg: TrainConfig, procs: Processes) -> Path | None
     bad = []
     for path in reversed(checkpoint_files(cfg.run.dir)):
         try:
-            ck = load_checkpoint(path, procs.device)
+            ck = load_checkpoint(path)  # on the CPU: RNG states must be CPU tensors
         except CheckpointError as e:
             bad.append((path, e))
             continue
