@@ -211,6 +211,15 @@ def test_run_dir_that_is_a_file_stops_at_start_up(recipe, capsys):
     assert "iterations" in cfg.read_text()  # the file is untouched
 
 
+@pytest.mark.parametrize("args", [[], ["--resume"], ["--resume", "{cfg}"], ["--resume", "{tmp}"],
+                                  ["--config", "{tmp}/none.yaml"]])
+def test_train_without_a_usable_config_or_run_is_one_line(recipe, capsys, tmp_path, args):
+    cfg, run = recipe
+    args = [a.format(cfg=cfg, tmp=tmp_path) for a in args]
+    line = _one_line_error(capsys, main(["train", *args]))
+    assert "--config" in line or "none.yaml" in line or "run folder" in line
+
+
 def test_binary_config_file_is_one_line(capsys, tmp_path):
     (tmp_path / "bin.yaml").write_bytes(bytes(range(256)))
     line = _one_line_error(capsys, main(["train", "--config", str(tmp_path / "bin.yaml")]))
