@@ -83,3 +83,53 @@ def test_cli_reports_a_bad_key_in_one_line(capsys):
     rc = main(["train", "--config", str(CONFIGS / "quick.yaml"), "--set", "optim.lrr=1e-3"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and "optim.lrr" in err[0] and "'lr'" in err[0]
+
+
+def _numeric_fields():
+    """Every int or float field of every config section, as ``section.key``."""
+    import typing
+    for section, cls in typing.get_type_hints(TrainConfig).items():
+        for name, tp in typing.get_type_hints(cls).items():
+            inner = [a for a in (typing.get_args(tp) or (tp,)) if a is not type(None)]
+            if inner[0] in (int, float):
+                yield f"{section}.{name}"
+
+
+@pytest.mark.parametrize("key", list(_numeric_fields()))
+@pytest.mark.parametrize("value", ["-1", ".nan", ".inf", "-.inf"])
+def test_every_numeric_field_has_a_range(key, value):
+    """No numeric field takes a negative, NaN or infinite value: each is refused, by name."""
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [f"{key}={value}"])
+
+
+def test_numeric_fields_are_all_found():
+    keys = set(_numeric_fields())
+    assert {"run.ckpt_every", "run.keep_last", "train.log_every", "optim.lr", "train.threads",
+            "data.workers", "val.every", "schedule.warmup", "run.seed"} <= keys
+    assert len(keys) == 24
+
+
+@pytest.mark.parametrize("override", ["model.args={num_feat: 8", "data.train=[a",
+                                      "optim.lr=!!python/name:os.system"])
+def test_unparsable_set_value_is_one_config_error(override):
+    with pytest.raises(ConfigError, match="not valid YAML") as e:
+        load_config(None, [override])
+    assert "\n" not in str(e.value)
+
+
+def test_resume_reads_the_config_kept_in_the_run_folder(tmp_path):
+    from bsrn.config import dump_config, load_run_config
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(dump_config(load_config(None, ["optim.lr=3e-3",
+                                                                    "run.dir=elsewhere"])))
+    cfg = load_run_config(None, ["train.iterations=7"], str(run))
+    assert (cfg.optim.lr, cfg.train.iterations, cfg.run.dir, cfg.run.resume) == \
+        (3e-3, 7, str(run), True)
+    fresh = tmp_path / "c.yaml"
+    fresh.write_text(f"run:\n  dir: {run}\n")
+    assert load_run_config(fresh, [], True).optim.lr == 3e-3  # the kept config, not the file's
+    assert load_run_config(fresh, [], False).optim.lr == 1e-3
+    with pytest.raises(ConfigError, match="not a bsrn run folder"):
+        load_run_config(None, [], str(tmp_path))

@@ -146,3 +146,30 @@ def test_plot_log_chains_training_stages(tmp_path):
     assert curves(runs)[1][2][0] == [20, 30]  # not chained: each run from step 0
     assert main(["plot-log", *map(str, runs), "--chain", "--out", str(tmp_path / "c.png")]) == 0
     assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_checkpoint_holds_only_tensors_and_json(dataset, tmp_path):
+    """Resume state reads back with weights_only=True: tensors, plain values and a JSON block
+    with the counters, schedule, sampler position and the resolved config."""
+    cfg = _cfg(dataset, tmp_path / "ck", "train.iterations=3", "run.ckpt_every=3",
+               "train.ema=0.9")
+    train(cfg)
+    path = tmp_path / "ck" / "checkpoints" / "step_00000003.pt"
+    ck = torch.load(path, weights_only=True)
+
+    def leaves(x):
+        if isinstance(x, dict):
+            for v in x.values():
+                yield from leaves(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                yield from leaves(v)
+        else:
+            yield x
+    assert all(isinstance(v, (torch.Tensor, str, int, float, bool, type(None)))
+               for v in leaves(ck))
+    meta = json.loads(ck["meta"])
+    assert meta["step"] == 3 and meta["sampler"] == {"seed": cfg.run.seed, "global_batch": 2,
+                                                      "next_sample": 6}
+    assert meta["config"] == cfg.to_dict() and meta["scheduler"]["last_epoch"] == 3
+    assert set(ck["model"]) == set(ck["ema"]) and ck["optimizer"]["state"]

@@ -73,20 +73,20 @@ def _run_eval(args):
 # ----------------------------------------------------------------------------- train
 def _add_train(sub):
     p = sub.add_parser("train", help="train a model from a YAML config (torchrun for DDP)")
-    p.add_argument("--config", required=True, help="YAML recipe, e.g. configs/bsrn_x4.yaml")
+    p.add_argument("--config", help="YAML recipe, e.g. configs/bsrn_x4.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=2e-4 (repeatable)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the latest checkpoint in run.dir")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                   help="continue from the newest intact checkpoint of RUN_DIR (default: "
+                        "run.dir of --config) with the config kept there")
     p.set_defaults(func=_run_train)
 
 
 def _run_train(args):
-    from .config import load_config
+    from .config import load_run_config
     from .train import train
 
-    overrides = list(args.overrides) + (["run.resume=true"] if args.resume else [])
-    res = train(load_config(args.config, overrides))
+    res = train(load_run_config(args.config, args.overrides, args.resume))
     if "weights" in res:
         best = f"{res['best_psnr']:.3f} dB" if res["best_psnr"] > -1e9 else "n/a"
         print(f"{res['iterations']} iterations; weights {res['weights']}; best val Y-PSNR {best}"

@@ -2,12 +2,14 @@
 
 YAML sections mirror BasicSR's options files (model, data, optim, schedule, train, val, run).
 Unknown keys are rejected at start-up with the closest valid name, numbers are coerced (YAML 1.1
-reads ``1e-3`` as a string), and domain rules live in ``__post_init__``.
+reads ``1e-3`` as a string), and domain rules (every numeric field has its range) live in
+``__post_init__``. ``check_paths`` checks that the datasets exist, at start-up before any step.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -29,6 +31,8 @@ class ModelSection:
     def __post_init__(self):
         if self.scale not in (2, 3, 4):
             raise ConfigError(f"model.scale must be 2, 3 or 4, got {self.scale}")
+        if self.init is not None and not self.init.strip():
+            raise ConfigError("model.init must name weights or be null, got an empty string")
 
 
 @dataclass
@@ -39,7 +43,7 @@ class DataSection:
     batch_size: int = 64             # global batch, split over DDP ranks (see batch_mode)
     batch_mode: str = "global"       # global: kept for any world size; per_rank: x world size
     loader: str = "workers"          # workers (DataLoader processes) | memory (device-resident)
-    workers: int = 4
+    workers: int = 4                 # DataLoader processes; 0 = crop in the main process
     cache_dir: str | None = None     # LR cache; default <run.dir>/lr_cache
     lr_variant: str = "uint8"        # MATLAB bicubic variant for made LR (see bsrn.imresize)
     flip: bool = True                # horizontal and vertical flips
@@ -53,12 +57,15 @@ class DataSection:
             if isinstance(entry, dict) and set(entry) != {"hr", "lr"}:
                 raise ConfigError(f"data.train entries are folders or {{hr: DIR, lr: DIR}}, "
                                   f"got keys {sorted(entry)}")
-            if not isinstance(entry, (str, dict)):
+            if isinstance(entry, dict) and not all(isinstance(v, str) and v.strip()
+                                                   for v in entry.values()):
+                raise ConfigError(f"data.train: hr and lr must be folder names, got {entry!r}")
+            if not isinstance(entry, (str, dict)) or entry == "":
                 raise ConfigError(f"data.train: expected a folder or {{hr, lr}}, got {entry!r}")
-        if self.patch_size < 4:
-            raise ConfigError(f"data.patch_size must be >= 4, got {self.patch_size}")
-        if self.batch_size < 1:
-            raise ConfigError(f"data.batch_size must be >= 1, got {self.batch_size}")
+        _at_least("data.patch_size", self.patch_size, 4)
+        _at_least("data.batch_size", self.batch_size, 1)
+        _at_least("data.workers", self.workers, 0)
+        _at_least("data.limit", self.limit, 1)
         _choice("data.batch_mode", self.batch_mode, ("global", "per_rank"))
         _choice("data.loader", self.loader, ("workers", "memory"))
         _choice("data.lr_variant", self.lr_variant, ("uint8", "double"))
@@ -75,11 +82,15 @@ class OptimSection:
 
     def __post_init__(self):
         _choice("optim.name", self.name, ("adam", "adamw"))
-        if self.lr <= 0:
-            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        _above("optim.lr", self.lr, 0)
         if len(self.betas) != 2:
             raise ConfigError(f"optim.betas must have two values, got {self.betas}")
-        self.betas = [float(b) for b in self.betas]
+        self.betas = [_coerce(b, float, "optim.betas") for b in self.betas]
+        for b in self.betas:
+            if not 0.0 <= b < 1.0:
+                raise ConfigError(f"optim.betas must be in [0, 1), got {self.betas}")
+        _at_least("optim.weight_decay", self.weight_decay, 0)
+        _at_least("optim.grad_clip", self.grad_clip, 0)
 
 
 @dataclass
@@ -92,6 +103,9 @@ class ScheduleSection:
 
     def __post_init__(self):
         _choice("schedule.name", self.name, ("cosine", "constant"))
+        _at_least("schedule.eta_min", self.eta_min, 0)
+        _at_least("schedule.period", self.period, 1)
+        _at_least("schedule.warmup", self.warmup, 0)
 
 
 @dataclass
@@ -105,16 +119,19 @@ class TrainSection:
     ortho_alpha: float = 0.1         # BSConv-S orthonormality weight (only where BSConvS is used)
     deterministic: bool = False
     device: str = "auto"
-    threads: int | None = None       # torch CPU threads
+    threads: int | None = None       # torch CPU threads; null or 0 = torch's default
     log_every: int = 100
     time_limit_min: float | None = None   # stop (checkpointed, resumable) after this wall time
 
     def __post_init__(self):
-        if self.iterations < 1:
-            raise ConfigError(f"train.iterations must be >= 1, got {self.iterations}")
+        _at_least("train.iterations", self.iterations, 1)
         _choice("train.amp", self.amp, ("none", "bf16", "fp16"))
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"train.ema must be in [0, 1), got {self.ema}")
+        _at_least("train.ortho_alpha", self.ortho_alpha, 0)
+        _at_least("train.threads", self.threads, 0)
+        _at_least("train.log_every", self.log_every, 1)
+        _above("train.time_limit_min", self.time_limit_min, 0)
 
 
 @dataclass
@@ -130,6 +147,12 @@ class ValSection:
     def __post_init__(self):
         if self.lr_source not in (None, "files", "matlab"):
             raise ConfigError(f"val.lr_source must be files, matlab or null, got {self.lr_source}")
+        if self.dataset is not None and not self.dataset.strip():
+            raise ConfigError("val.dataset must be a folder or null, got an empty string")
+        _at_least("val.every", self.every, 1)
+        _at_least("val.limit", self.limit, 1)
+        _at_least("val.crops", self.crops, 0)
+        _at_least("val.crop_px", self.crop_px, 4)
 
 
 @dataclass
@@ -139,9 +162,17 @@ class RunSection:
     seed: int = 0
     resume: bool = False
     ckpt_every: int = 5000
-    keep_last: int = 3
-    tensorboard: bool = True
+    keep_last: int = 3               # checkpoints kept (the newest ones); at least 1
+    tensorboard: bool = True         # needs the [tensorboard] extra; JSONL/CSV logs always
     progress: bool = True
+
+    def __post_init__(self):
+        if not self.dir.strip():
+            raise ConfigError("run.dir must be a folder, got an empty string")
+        if not 0 <= self.seed < 2 ** 32:
+            raise ConfigError(f"run.seed must be in [0, 2^32), got {self.seed}")
+        _at_least("run.ckpt_every", self.ckpt_every, 1)
+        _at_least("run.keep_last", self.keep_last, 1)
 
 
 @dataclass
@@ -155,12 +186,45 @@ class TrainConfig:
     val: ValSection = field(default_factory=ValSection)
     run: RunSection = field(default_factory=RunSection)
 
+    def __post_init__(self):
+        if self.val.crop_px < self.model.scale:
+            raise ConfigError(f"val.crop_px must be >= model.scale ({self.model.scale}), "
+                              f"got {self.val.crop_px}")
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def check_paths(self) -> None:
+        """Every dataset folder exists (training and validation): checked before any step."""
+        if not self.data.train:
+            raise ConfigError("data.train: no training folder given")
+        for entry in self.data.train:
+            for folder in (entry.values() if isinstance(entry, dict) else [entry]):
+                if not Path(folder).is_dir():
+                    raise ConfigError(f"data.train: {folder}: no such folder")
+        if self.val.dataset is not None:
+            from .evaluate import hr_dir, list_images
+            d = Path(self.val.dataset)
+            if not d.is_dir():
+                raise ConfigError(f"val.dataset: {d}: no such folder")
+            if not list_images(hr_dir(d)):
+                raise ConfigError(f"val.dataset: {hr_dir(d)}: no images")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         return _build(cls, d or {}, "")
+
+
+def _at_least(key, value, low):
+    """``value`` (None allowed: the field is optional) is a finite number >= ``low``."""
+    if value is not None and not (math.isfinite(value) and value >= low):
+        raise ConfigError(f"{key} must be a finite number >= {low}, got {value}")
+
+
+def _above(key, value, low):
+    """``value`` (None allowed) is a finite number > ``low``."""
+    if value is not None and not (math.isfinite(value) and value > low):
+        raise ConfigError(f"{key} must be a finite number > {low}, got {value}")
 
 
 def _choice(key, value, allowed):
@@ -212,7 +276,7 @@ def _coerce(value, tp, key):
             if not isinstance(value, dict):
                 raise ValueError
             return dict(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         name = getattr(tp, "__name__", str(tp))
         raise ConfigError(f"{key}: expected {name}, got {value!r}") from None
     return value
@@ -241,7 +305,11 @@ def apply_overrides(d: dict, overrides: list[str] | None) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML "
+                              f"({_first_line(e)})") from None
         parts = key.strip().split(".")
         node, cls = d, TrainConfig
         for i, part in enumerate(parts):
@@ -270,12 +338,49 @@ def load_config(path: str | os.PathLike | None = None,
             d = yaml.safe_load(path.read_text()) or {}
         except OSError as e:
             raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text (YAML) file") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+            raise ConfigError(f"{path}: invalid YAML ({_first_line(e)})") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections, got {type(d).__name__}")
     try:
         return TrainConfig.from_dict(apply_overrides(d, overrides))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+
+
+def load_run_config(config: str | os.PathLike | None = None, overrides: list[str] | None = None,
+                    resume: bool | str | os.PathLike = False) -> TrainConfig:
+    """The config of a training command. Fresh: ``config`` plus ``overrides``. Resuming: the
+    resolved config kept in the run folder (``RUN_DIR/config.yaml``), so no ``--set`` needs
+    repeating, plus the ``overrides`` given now. ``resume`` is True (run.dir from ``config``)
+    or the run folder itself."""
+    if not resume:
+        if config is None:
+            raise ConfigError("give --config FILE (or --resume RUN_DIR to continue a run)")
+        return load_config(config, overrides)
+    if resume is True:
+        if config is None:
+            raise ConfigError("--resume without a folder needs --config FILE")
+        run_dir = Path(load_config(config, overrides).run.dir)
+    else:
+        run_dir = Path(resume)
+        if not run_dir.is_dir():
+            raise ConfigError(f"--resume {run_dir}: no such run folder")
+    kept = run_dir / "config.yaml"
+    if kept.is_file():
+        cfg = load_config(kept, overrides)
+    elif config is not None:
+        cfg = load_config(config, overrides)
+    else:
+        raise ConfigError(f"{kept}: no such file (not a bsrn run folder; pass --config FILE)")
+    cfg.run.dir, cfg.run.resume = str(run_dir), True
+    return cfg
+
+
+def _first_line(e: Exception) -> str:
+    return " ".join(str(e).split("\n")[0].split())
 
 
 def dump_config(cfg: TrainConfig) -> str:
