@@ -16,6 +16,7 @@ from torch import nn
 from .detect import detect
 from .errors import CheckpointError
 from .models.registry import arch_of, build_model
+from .models.rfdn import probe_img_range
 
 FORMAT = "bsrn/1"
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -120,27 +121,6 @@ def _describe_mismatch(model: nn.Module, sd: dict[str, torch.Tensor]) -> str:
     return "; ".join(parts)
 
 
-def _probe_img_range(model: nn.Module) -> float:
-    """RFDN weights come in 0-255 (official) or [0, 1] variants that the tensors alone cannot
-    name; pick the range under which a smooth grey image comes back closest to itself."""
-    g = torch.Generator().manual_seed(0)
-    x = 0.5 + 0.1 * torch.nn.functional.interpolate(torch.rand(1, model.cfg.num_in_ch, 6, 6,
-                                                               generator=g), size=(24, 24),
-                                                    mode="bilinear", align_corners=False)
-    best, err_best = 1.0, float("inf")
-    for rng in (1.0, 255.0):
-        model.cfg.img_range = rng
-        with torch.no_grad():
-            y = model(x)
-        ref = torch.nn.functional.interpolate(x, scale_factor=model.scale, mode="bilinear",
-                                              align_corners=False)
-        err = (y - ref).abs().mean().item()
-        if err < err_best:
-            best, err_best = rng, err
-    model.cfg.img_range = best
-    return best
-
-
 def load_model(path: str | os.PathLike, scale: int | None = None, device="cpu") -> nn.Module:
     """Load any supported weights file (or bundled name, e.g. ``"bsrn-x4"``) into its network.
 
@@ -154,12 +134,10 @@ def load_model(path: str | os.PathLike, scale: int | None = None, device="cpu") 
         cfg = json.loads(meta["config"])
     else:
         try:
-            arch, cfg = detect(sd)
+            arch, cfg = detect(sd, scale)
         except ValueError as e:
             raise CheckpointError(f"{path}: {e}") from None
         cfg = cfg.to_dict()
-        if scale is not None and cfg.get("upsampler") in ("nearestconv", "pa") and scale == 3:
-            cfg["scale"] = 3
     try:
         model = build_model(arch, cfg)
     except (ValueError, TypeError) as e:
@@ -170,7 +148,7 @@ def load_model(path: str | os.PathLike, scale: int | None = None, device="cpu") 
         raise CheckpointError(f"{path}: does not fit {arch} {cfg}: {problems}")
     model.load_state_dict(sd, strict=True)
     if arch == "rfdn" and meta.get("format") != FORMAT:
-        _probe_img_range(model)
+        probe_img_range(model)
     if scale is not None and scale != model.scale:
         raise CheckpointError(f"{path}: weights are x{model.scale}, but x{scale} was requested")
     model.source = str(path)
