@@ -31,17 +31,20 @@ def bundled_weights() -> dict[str, Path]:
 
 
 def resolve_weights(name_or_path: str | os.PathLike) -> Path:
-    """A bundled weight name or a path -> an existing file path."""
+    """A weights name (bundled, or added with ``bsrn weights add``) or a path -> a file path."""
+    from .weights_folder import find_weights, known_weights
+
     p = Path(name_or_path)
     if p.is_file():
         return p
-    bundled = bundled_weights()
-    if str(name_or_path) in bundled:
-        return bundled[str(name_or_path)]
+    named = find_weights(str(name_or_path))
+    if named is not None:
+        return named
     if p.exists():
         raise CheckpointError(f"{p}: not a file")
-    known = ", ".join(bundled) or "none bundled in this install"
-    raise CheckpointError(f"{name_or_path}: no such file or bundled weights (bundled: {known})")
+    known = ", ".join(known_weights()) or "none in this install"
+    raise CheckpointError(f"{name_or_path}: no such file or bundled weights, nor a name added with "
+                          f"`bsrn weights add FILE` (known: {known})")
 
 
 def unwrap_state_dict(obj, path: str = "") -> dict[str, torch.Tensor]:
