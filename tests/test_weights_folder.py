@@ -91,6 +91,10 @@ def test_list_shows_every_name_with_arch_scale_params_and_set5(home, tmp_path, c
     assert rows["bsrn-x2"][:5] == ["bundled", "bsrn", "x2", "331,628", "36.58"]
     assert rows["bsrn-x3"][4] == "33.07" and rows["bsrn-x4"][4] == "31.03"
     assert [e.name for e in list_weights()] == ["bsrn-x2", "bsrn-x3", "bsrn-x4", "tiny"]
+    (home / "weights" / "junk.safetensors").write_bytes(b"not safetensors")
+    entries = {e.name: e for e in list_weights()}
+    assert entries["junk"].arch == "?" and "junk.safetensors: cannot read" in \
+        entries["junk"].description and entries["tiny"].arch == "rfdn"
 
 
 def test_set5_is_measured_when_a_folder_is_given(home, tmp_path, dataset, one_thread):

@@ -143,8 +143,14 @@ def list_weights() -> list[WeightsEntry]:
     from .checkpoint import bundled_weights
 
     bundled = bundled_weights()
-    out = [describe(n, p, "bundled") for n, p in bundled.items()]
-    out += [describe(n, p, "user") for n, p in user_weights().items() if n not in bundled]
+    named = [(n, p, "bundled") for n, p in bundled.items()]
+    named += [(n, p, "user") for n, p in user_weights().items() if n not in bundled]
+    out = []
+    for name, path, origin in named:
+        try:
+            out.append(describe(name, path, origin))
+        except CheckpointError as e:  # one unreadable file does not hide the others
+            out.append(WeightsEntry(name, origin, path, "?", 0, 0, None, str(e)))
     return out
 
 
