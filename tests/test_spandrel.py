@@ -88,7 +88,7 @@ def test_install_registers_the_families_once():
 
 @pytest.mark.parametrize("where,fname,arch,scale,golden_key,tag", FILES, ids=IDS)
 def test_official_checkpoints_load_through_spandrel(where, fname, arch, scale, golden_key, tag,
-                                                    path_of, golden):
+                                                    path_of, golden, one_thread):
     path = path_of(where, fname)
     desc = spandrel.ModelLoader().load_from_file(path)
     assert isinstance(desc, spandrel.ImageModelDescriptor)

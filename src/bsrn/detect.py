@@ -10,6 +10,11 @@ from typing import Callable
 import torch
 
 from .models import bsrn, imdn, rfdn
+from .models.bsrn import detect_bsrn
+from .models.imdn import detect_imdn
+from .models.rfdn import detect_rfdn
+
+__all__ = ["DETECTORS", "Detector", "detect", "detect_bsrn", "detect_imdn", "detect_rfdn"]
 
 StateDict = dict[str, torch.Tensor]
 
