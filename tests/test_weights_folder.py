@@ -80,8 +80,9 @@ def test_list_shows_every_name_with_arch_scale_params_and_set5(home, tmp_path, c
                                                               one_thread):
     torch.manual_seed(0)
     model = bsrn.create_model("rfdn", scale=2, num_feat=8, num_block=1)
-    path = save_model(model, tmp_path / "tiny.safetensors")
+    path = save_model(model, tmp_path / "tiny.safetensors", metadata={"iterations": "123"})
     assert main(["weights", "add", str(path), "--set5", "30.5"]) == 0
+    assert read_checkpoint(home / "weights" / "tiny.safetensors")[1]["iterations"] == "123"
     capsys.readouterr()
     assert main(["weights", "list"]) == 0
     rows = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]]

@@ -181,7 +181,7 @@ def add_weights(file: str | os.PathLike, name: str | None = None, force: bool = 
     ``set5``: the Set5 Y-PSNR to record, or a Set5 folder to measure it on (the paper's
     protocol); official files are recognised and get their published score. An existing name is
     refused unless ``force``."""
-    from .checkpoint import bundled_weights, load_model, save_model
+    from .checkpoint import bundled_weights, load_model, read_checkpoint, save_model
 
     file = Path(file)
     if not file.is_file():
@@ -200,7 +200,9 @@ def add_weights(file: str | os.PathLike, name: str | None = None, force: bool = 
     _check_runs(model, file)
     sha = _sha256(file)
     description, published = OFFICIAL.get(sha, (f"added from {file.name}", None))
-    meta = {"name": name, "description": description, "source": file.name,
+    kept = {k: v for k, v in read_checkpoint(file)[1].items()  # e.g. a training run's notes
+            if k not in ("format", "arch", "config", "scale")}
+    meta = {**kept, "name": name, "description": description, "source": file.name,
             "source_sha256": sha, "added": datetime.date.today().isoformat()}
     if set5 is not None and not _is_number(set5):
         from .evaluate import evaluate
