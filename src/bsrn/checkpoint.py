@@ -16,6 +16,7 @@ from torch import nn
 from .detect import detect
 from .errors import CheckpointError
 from .models.registry import arch_of, build_model
+from .models.rfdn import probe_img_range
 
 FORMAT = "bsrn/1"
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -30,17 +31,20 @@ def bundled_weights() -> dict[str, Path]:
 
 
 def resolve_weights(name_or_path: str | os.PathLike) -> Path:
-    """A bundled weight name or a path -> an existing file path."""
+    """A weights name (bundled, or added with ``bsrn weights add``) or a path -> a file path."""
+    from .weights_folder import find_weights, known_weights
+
     p = Path(name_or_path)
     if p.is_file():
         return p
-    bundled = bundled_weights()
-    if str(name_or_path) in bundled:
-        return bundled[str(name_or_path)]
+    named = find_weights(str(name_or_path))
+    if named is not None:
+        return named
     if p.exists():
         raise CheckpointError(f"{p}: not a file")
-    known = ", ".join(bundled) or "none bundled in this install"
-    raise CheckpointError(f"{name_or_path}: no such file or bundled weights (bundled: {known})")
+    known = ", ".join(known_weights()) or "none in this install"
+    raise CheckpointError(f"{name_or_path}: no such file or bundled weights, nor a name added with "
+                          f"`bsrn weights add FILE` (known: {known})")
 
 
 def unwrap_state_dict(obj, path: str = "") -> dict[str, torch.Tensor]:
@@ -120,27 +124,6 @@ def _describe_mismatch(model: nn.Module, sd: dict[str, torch.Tensor]) -> str:
     return "; ".join(parts)
 
 
-def _probe_img_range(model: nn.Module) -> float:
-    """RFDN weights come in 0-255 (official) or [0, 1] variants that the tensors alone cannot
-    name; pick the range under which a smooth grey image comes back closest to itself."""
-    g = torch.Generator().manual_seed(0)
-    x = 0.5 + 0.1 * torch.nn.functional.interpolate(torch.rand(1, model.cfg.num_in_ch, 6, 6,
-                                                               generator=g), size=(24, 24),
-                                                    mode="bilinear", align_corners=False)
-    best, err_best = 1.0, float("inf")
-    for rng in (1.0, 255.0):
-        model.cfg.img_range = rng
-        with torch.no_grad():
-            y = model(x)
-        ref = torch.nn.functional.interpolate(x, scale_factor=model.scale, mode="bilinear",
-                                              align_corners=False)
-        err = (y - ref).abs().mean().item()
-        if err < err_best:
-            best, err_best = rng, err
-    model.cfg.img_range = best
-    return best
-
-
 def load_model(path: str | os.PathLike, scale: int | None = None, device="cpu") -> nn.Module:
     """Load any supported weights file (or bundled name, e.g. ``"bsrn-x4"``) into its network.
 
@@ -154,12 +137,10 @@ def load_model(path: str | os.PathLike, scale: int | None = None, device="cpu") 
         cfg = json.loads(meta["config"])
     else:
         try:
-            arch, cfg = detect(sd)
+            arch, cfg = detect(sd, scale)
         except ValueError as e:
             raise CheckpointError(f"{path}: {e}") from None
         cfg = cfg.to_dict()
-        if scale is not None and cfg.get("upsampler") in ("nearestconv", "pa") and scale == 3:
-            cfg["scale"] = 3
     try:
         model = build_model(arch, cfg)
     except (ValueError, TypeError) as e:
@@ -170,7 +151,7 @@ def load_model(path: str | os.PathLike, scale: int | None = None, device="cpu") 
         raise CheckpointError(f"{path}: does not fit {arch} {cfg}: {problems}")
     model.load_state_dict(sd, strict=True)
     if arch == "rfdn" and meta.get("format") != FORMAT:
-        _probe_img_range(model)
+        probe_img_range(model)
     if scale is not None and scale != model.scale:
         raise CheckpointError(f"{path}: weights are x{model.scale}, but x{scale} was requested")
     model.source = str(path)

@@ -503,6 +503,50 @@ def _run_ablate(args):
     print(res["table"])
 
 
+# ----------------------------------------------------------------------------- weights
+def _add_weights(sub):
+    p = sub.add_parser("weights", help="the weights folder: add checkpoints by name, list them",
+                       description="Weights known by name: bundled, or added to the user data "
+                                   "folder ($BSRN_HOME/weights when set). Any --weights NAME "
+                                   "finds them from any folder.")
+    verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    a = verbs.add_parser("add", help="check a checkpoint, convert it to safetensors, store it")
+    a.add_argument("file", metavar="FILE", help="a .pth or .safetensors checkpoint (official or "
+                                                "bsrn's)")
+    a.add_argument("--name", default=None, help="name to store it under (default: FILE's stem)")
+    a.add_argument("--force", action="store_true", help="replace an existing name")
+    a.add_argument("--scale", type=int, default=None,
+                   help="the weights' scale, for heads whose tensors cannot tell x2 from x3")
+    a.add_argument("--set5", default=None, metavar="PSNR|FOLDER",
+                   help="Set5 Y-PSNR to record, or a Set5 folder to measure it on (official "
+                        "files get their published score)")
+    a.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    verbs.add_parser("list", help="every known name: architecture, scale, params, Set5")
+    r = verbs.add_parser("remove", help="delete a name added with `bsrn weights add`")
+    r.add_argument("name", metavar="NAME")
+    p.set_defaults(func=_run_weights)
+
+
+def _run_weights(args):
+    from . import weights_folder as wf
+
+    if args.verb == "add":
+        e = wf.add_weights(args.file, args.name, args.force, args.scale, args.set5,
+                           progress=not args.quiet)
+        print(f"added {e.name}: {e.arch} x{e.scale}, {e.params:,} params"
+              + (f", Set5 {e.set5_psnr:.2f} dB" if e.set5_psnr is not None else "")
+              + f" -> {e.path}\nuse it with --weights {e.name}")
+    elif args.verb == "remove":
+        print(f"removed {wf.remove_weights(args.name)}")
+    else:
+        print(f"weights folder: {wf.user_dir()}\n")
+        print("| name | origin | arch | scale | params | Set5 Y-PSNR (dB) | description |\n"
+              "|---|---|---|---|---|---|---|")
+        for e in wf.list_weights():
+            print(e.row())
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 # ----------------------------------------------------------------------------- models
 def _add_models(sub):
@@ -527,7 +571,7 @@ def _run_models(args):
 
 
 _ADDERS = [_add_upscale, _add_eval, _add_make_lr, _add_train, _add_plot_log, _add_profile, _add_bench_ntire,
-           _add_plot, _add_ablate, _add_export, _add_models]
+           _add_plot, _add_ablate, _add_export, _add_models, _add_weights]
 
 
 def build_parser() -> argparse.ArgumentParser:

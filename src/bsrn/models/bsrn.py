@@ -166,3 +166,95 @@ class BSRN(DistillationNet):
     def tail(self, acc: torch.Tensor, fea: torch.Tensor) -> torch.Tensor:
         """Stage: act(acc) -> c2 + long skip ``fea`` -> upsampler (``acc`` is overwritten)."""
         return self.upsampler(add_(self.c2(act_(self.act, acc)), fea))
+
+
+# ----------------------------------------------------------------------------- detection
+# What a BSRN state dict cannot tell, and what detection assumes instead. bsrn's own
+# .safetensors files store the whole config in their metadata; loading uses that and never these
+# guesses (a tensor-only .pth, official or exported, has only its tensors).
+UNDETECTABLE = {
+    "activation": "an activation has no tensors: GELU is assumed, as published",
+    "scale": "the 'nearestconv' and 'pa' heads take one upsampling step at both x2 and x3, with "
+             "the same tensors: the caller's scale decides, and without one it is an error",
+    "num_in_ch": "fea_conv sees num_in_ch x replicate channels as one width: num_in_ch is taken "
+                 "as num_out_ch when that divides it, else 3, else 1",
+}
+
+#: Keys of the published BSRN, to explain near misses.
+SIGNATURE = ("fea_conv.pw.weight", "B1.c5.weight", "B1.esa.conv1.weight", "c1.weight",
+             "c2.pw.weight", "upsampler.upsampleOneStep.0.weight")
+
+_FEA_KEYS = ("fea_conv.pw.weight", "fea_conv.pw1.weight", "fea_conv.weight")
+_HEAD_SCALES = {0: (1,), 1: (2, 3), 2: (4,), 3: (8,)}  # nearestconv / pa: steps -> scales
+
+
+def is_bsrn(sd) -> bool:
+    """Key test for the BSRN family (no false negatives; hyperparameters are not checked)."""
+    return ("B1.c5.weight" in sd and "c1.weight" in sd and any(k in sd for k in _FEA_KEYS)
+            and not any(k.startswith("LR_conv.") for k in sd)
+            and any(k.startswith("upsampler.") for k in sd))
+
+
+def _head(sd, num_feat: int, scale: int | None) -> tuple[str, int, int]:
+    """(upsampler kind, num_out_ch, scale) from the ``upsampler.*`` tensors."""
+    import math
+
+    from .statedict import count_blocks, split_pixelshuffle
+
+    if "upsampler.upsampleOneStep.0.weight" in sd:
+        out, s = split_pixelshuffle(sd["upsampler.upsampleOneStep.0.weight"].shape[0])
+        return "pixelshuffledirect", out, s
+    if "upsampler.conv_last.weight" not in sd:
+        raise ValueError("upsampler has neither upsampleOneStep nor conv_last")
+    out = sd["upsampler.conv_last.weight"].shape[0]
+    if "upsampler.conv_before_upsample.0.weight" in sd and "upsampler.conv_hr.weight" not in sd:
+        s = 1
+        for k, v in sd.items():
+            if k.startswith("upsampler.upsample.") and k.endswith(".weight"):
+                s *= math.isqrt(v.shape[0] // num_feat)
+        return "pixelshuffleblock", out, s
+    if "upsampler.conv_before_upsample.0.weight" in sd:
+        kind, steps = "nearestconv", count_blocks(sd, r"upsampler\.conv_up\.(\d+)\.")
+    else:
+        kind, steps = "pa", count_blocks(sd, r"upsampler\.up\.(\d+)\.")
+    scales = _HEAD_SCALES.get(steps)
+    if scales is None:
+        raise ValueError(f"a {kind} head with {steps} upsampling steps")
+    if len(scales) == 1:
+        return kind, out, scales[0]
+    if scale in scales:
+        return kind, out, scale
+    told = f", not x{scale}" if scale is not None else ""
+    raise ValueError(f"a one-step {kind} head is x2 or x3 (its tensors are the same at both){told}"
+                     "; give the scale (load_model(..., scale=3), bsrn weights add FILE --scale 3)")
+
+
+def detect_bsrn(sd, scale: int | None = None) -> BSRNConfig | None:
+    """BSRN/BSRN-S hyperparameters read back from tensor shapes, or None when the keys are not
+    BSRN's. ``scale`` settles what the tensors cannot (see ``UNDETECTABLE``)."""
+    from .statedict import bsconv_s_p, conv_in_out, conv_kind
+
+    if not is_bsrn(sd):
+        return None
+    conv = conv_kind(sd, "fea_conv")  # fea_conv is never square, so this is unambiguous
+    fea_in, num_feat = conv_in_out(sd, "fea_conv", conv)
+    num_block = 0
+    while f"B{num_block + 1}.c5.weight" in sd:
+        num_block += 1
+    pw_key = {"bsconv_u": "B1.c1_r.pw.bias", "dsconv": "B1.c1_r.pw.bias",
+              "bsconv_s": "B1.c1_r.pw1.bias"}.get(conv)
+    attention = "cca" if "B1.cca.conv_du.0.weight" in sd else "cw" if "B1.cw" in sd else "none"
+    esa = "B1.esa.conv1.weight" in sd
+    esa_conv2 = None
+    if esa:
+        k2 = conv_kind(sd, "B1.esa.conv2")
+        if k2 in ("bsconv_u", "dsconv") and conv in ("bsconv_u", "dsconv"):
+            k2 = conv  # a square f->f layer: the same family as the rest of the network
+        esa_conv2 = None if k2 == conv else k2
+    upsampler, num_out_ch, scale = _head(sd, num_feat, scale)
+    num_in_ch = next(c for c in (num_out_ch, 3, 1) if fea_in % c == 0)
+    return BSRNConfig(
+        num_in_ch=num_in_ch, num_out_ch=num_out_ch, num_feat=num_feat, num_block=num_block,
+        scale=scale, conv=conv, esa=esa, attention=attention, replicate=fea_in // num_in_ch,
+        upsampler=upsampler, p=bsconv_s_p(sd, "B1.c1_r") if conv == "bsconv_s" else 0.25,
+        pw_bias=bool(pw_key and pw_key in sd), esa_conv2=esa_conv2)

@@ -84,3 +84,31 @@ class IMDN(nn.Module):
     @sr_forward
     def forward(self, x):
         return self.model(x)
+
+
+# ----------------------------------------------------------------------------- detection
+# What an IMDN state dict cannot tell: its activation (LReLU(0.05), fixed in this network) and
+# nothing else; its I/O is [0, 1].
+UNDETECTABLE = {"activation": "an activation has no tensors: LReLU(0.05), as published"}
+
+#: Keys every IMDN (KAIR layout) state dict has.
+SIGNATURE = ("model.0.weight", "model.1.sub.0.conv1.0.weight", "model.1.sub.0.conv1x1.weight",
+             "model.2.weight")
+
+
+def is_imdn(sd) -> bool:
+    """Key test for IMDN (no false negatives). ESRGAN's old layout also has ``model.0`` and
+    ``model.1.sub.*``, but not ``conv1x1`` in its blocks."""
+    return all(k in sd for k in SIGNATURE)
+
+
+def detect_imdn(sd, scale: int | None = None) -> IMDNConfig | None:
+    """IMDN hyperparameters read back from tensor shapes, or None when the keys are not IMDN's."""
+    from .statedict import count_blocks, split_pixelshuffle
+
+    if not is_imdn(sd):
+        return None
+    num_feat, num_in_ch = sd["model.0.weight"].shape[:2]
+    num_out_ch, s = split_pixelshuffle(sd["model.2.weight"].shape[0], (num_in_ch, 3, 1))
+    return IMDNConfig(num_in_ch=num_in_ch, num_out_ch=num_out_ch, num_feat=num_feat,
+                      num_block=count_blocks(sd, r"model\.1\.sub\.(\d+)\.conv1\."), scale=s)

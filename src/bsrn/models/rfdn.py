@@ -104,3 +104,60 @@ class RFDN(DistillationNet):
         """Stage: act(acc) -> LR_conv + long skip -> upsampler, back to [0, 1]."""
         out = self.upsampler(add_(self.LR_conv(act_(self.c[1], acc)), fea))
         return out / self.cfg.img_range
+
+
+# ----------------------------------------------------------------------------- detection
+# What an RFDN state dict cannot tell, and what loading does instead. bsrn's own .safetensors
+# store the config (img_range included), which is used instead of any guess.
+UNDETECTABLE = {
+    "activation": "an activation has no tensors: LReLU(0.05) is assumed, as published (ESA: ReLU)",
+    "img_range": "the official weights take 0-255 input, others [0, 1]: probe_img_range keeps "
+                 "the range under which a smooth image comes back closest to itself",
+}
+
+#: Keys of the published RFDN (plain convs), to explain near misses.
+SIGNATURE = ("fea_conv.weight", "B1.c1_r.weight", "B1.c5.weight", "c.0.weight", "LR_conv.weight",
+             "upsampler.0.weight")
+
+
+def is_rfdn(sd) -> bool:
+    """Key test for RFDN (no false negatives; hyperparameters are not checked)."""
+    return ("B1.c5.weight" in sd and "c.0.weight" in sd and "upsampler.0.weight" in sd
+            and any(k.startswith("LR_conv.") for k in sd))
+
+
+def detect_rfdn(sd, scale: int | None = None) -> RFDNConfig | None:
+    """RFDN hyperparameters read back from tensor shapes, or None when the keys are not RFDN's.
+    ``img_range`` is left at 1.0: run :func:`probe_img_range` on the loaded network."""
+    from .statedict import conv_in_out, conv_kind, count_blocks, split_pixelshuffle
+
+    if not is_rfdn(sd):
+        return None
+    conv = conv_kind(sd, "fea_conv")
+    num_in_ch, num_feat = conv_in_out(sd, "fea_conv", conv)
+    num_out_ch, s = split_pixelshuffle(sd["upsampler.0.weight"].shape[0], (num_in_ch, 3, 1))
+    return RFDNConfig(num_in_ch=num_in_ch, num_out_ch=num_out_ch, num_feat=num_feat,
+                      num_block=count_blocks(sd, r"B(\d+)\."), scale=s, conv=conv,
+                      esa="B1.esa.conv1.weight" in sd)
+
+
+def probe_img_range(model: RFDN) -> float:
+    """Set and return the input range (1 or 255) under which a smooth grey image comes back
+    closest to its bilinear upscale: RFDN weights come in 0-255 (official) and [0, 1] variants
+    that the tensors alone cannot name."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    x = 0.5 + 0.1 * F.interpolate(torch.rand(1, model.cfg.num_in_ch, 6, 6, generator=g),
+                                  size=(24, 24), mode="bilinear", align_corners=False)
+    x = x.to(next(model.parameters()))
+    ref = F.interpolate(x, scale_factor=model.scale, mode="bilinear", align_corners=False)
+    best, err_best = 1.0, float("inf")
+    for rng in (1.0, 255.0):
+        model.cfg.img_range = rng
+        with torch.no_grad():
+            err = (model(x) - ref).abs().mean().item()
+        if err < err_best:
+            best, err_best = rng, err
+    model.cfg.img_range = best
+    return best
