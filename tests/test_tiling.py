@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from bsrn.errors import ConfigError
 from bsrn.models import create_model
-from bsrn.tiling import (_bilinear_matrix, choose_tile, estimate_tiled_bytes, forward_auto,
+from bsrn.tiling import (SPEED_TILE, _bilinear_matrix, choose_tile, estimate_tiled_bytes, forward_auto,
                          forward_tiled, parse_bytes, spans, supports_exact)
 
 
@@ -159,6 +159,9 @@ def test_choose_tile_respects_budget():
     assert isinstance(tile, int) and tile >= 64
     assert estimate_tiled_bytes(m, 1080, 1920, tile) <= 2 * 1024 ** 3
     assert choose_tile(m, 1080, 1920, "cpu", memory_budget_bytes=10) == 64
+    # photo-sized images on the CPU run in exact speed tiles even when the whole image fits
+    assert choose_tile(m, 1080, 1920, "cpu", memory_budget_bytes=1 << 40) == SPEED_TILE
+    assert choose_tile(_GlobalNet(), 1080, 1920, "cpu", memory_budget_bytes=1 << 40) is None
     assert parse_bytes("2G") == 2 * 1024 ** 3 and parse_bytes("512MiB") == 512 * 1024 ** 2
     with pytest.raises(ConfigError):
         parse_bytes("lots")

@@ -366,16 +366,33 @@ def parse_bytes(text: str) -> int:
         raise ConfigError(f"cannot parse memory size {text!r} (e.g. 2G, 512M)") from e
 
 
+#: On the CPU, images above this many LR pixels run in exact tiles of :data:`SPEED_TILE` px even
+#: when the whole image fits in memory: per pixel, a whole photo-sized forward is slower than
+#: small ones (its activations outgrow the caches and every op allocates and faults in fresh
+#: pages), while exact tiles keep the working set small at the cost of small halos.
+SPEED_TILE_MIN_PX = 4 * 320 * 180
+SPEED_TILE = 256
+
+
 def choose_tile(model: nn.Module, h: int, w: int, device: str | torch.device = "cpu",
                 memory_budget_bytes: int | None = None) -> int | None:
-    """LR tile side for an h x w image, or None when the whole-image forward fits the budget.
+    """LR tile side for an h x w image, or None for a whole-image forward.
 
-    The budget defaults to :func:`default_budget`. When even the exact engine's whole-image
-    maps exceed it, the smallest tile (64) is returned: memory is then dominated by those maps.
+    On the CPU, large images (> :data:`SPEED_TILE_MIN_PX`) of networks that tile exactly use
+    :data:`SPEED_TILE` for speed. Otherwise the whole image runs when it fits the budget
+    (default :func:`default_budget`), else the largest tile whose estimate fits; when even the
+    exact engine's whole-image maps exceed it, the smallest tile (64) is returned.
     """
     device = torch.device(device)
     budget = memory_budget_bytes if memory_budget_bytes is not None else default_budget(device)
-    if estimate_whole_bytes(model, h, w) <= budget:
+    fits = estimate_whole_bytes(model, h, w) <= budget
+    if device.type == "cpu" and h * w > SPEED_TILE_MIN_PX and supports_exact(model) \
+            and max(h, w) > SPEED_TILE:
+        tile = SPEED_TILE
+        while tile > 64 and estimate_tiled_bytes(model, h, w, tile) > budget:
+            tile //= 2
+        return tile
+    if fits:
         return None
     for tile in (512, 384, 256, 192, 128, 96):
         if estimate_tiled_bytes(model, h, w, tile) <= budget:
