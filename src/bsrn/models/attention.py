@@ -61,12 +61,10 @@ class ESA(nn.Module):
 def channel_stats(x: torch.Tensor) -> torch.Tensor:
     """CCA's per-channel statistic: population std (no epsilon) + mean over H x W.
 
-    Computed in float32 whatever the input dtype, so half precision cannot overflow the spatial
-    sums (the fp16 risk in the official code).
+    One ``var_mean`` pass in float32 whatever the input dtype, so half precision cannot overflow
+    the spatial sums (the fp16 risk in the official code).
     """
-    xf = x.float()
-    mu = xf.mean(dim=(2, 3), keepdim=True)
-    var = (xf - mu).pow(2).mean(dim=(2, 3), keepdim=True)
+    var, mu = torch.var_mean(x.float(), dim=(2, 3), correction=0, keepdim=True)
     return var.sqrt() + mu
 
 
