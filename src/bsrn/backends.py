@@ -172,6 +172,20 @@ class _Runner:
         return torch.from_numpy(self.graph(*arrays))
 
 
+class _LazyRunner(_Runner):
+    """A runner that compiles its graph on first use (stage graphs are needed only when an
+    image is tiled)."""
+
+    def __init__(self, make, path: Path, threads: int):
+        self.make, self.path, self.threads, self._graph = make, path, threads, None
+
+    @property
+    def graph(self):
+        if self._graph is None:
+            self._graph = self.make(self.path, self.threads)
+        return self._graph
+
+
 class _RuntimeBlock:
     """A block whose ``body`` runs in the runtime; its light stages stay in PyTorch."""
 
@@ -209,12 +223,20 @@ class RuntimeNet(nn.Module):
         threads = threads or torch.get_num_threads()
         make = _RUNTIMES[backend]
         paths = graphs_for(model, progress)
-        self._whole = _Runner(make(paths["whole"], threads))
-        self._head = _Runner(make(paths["head"], threads))
-        self._tail = _Runner(make(paths["tail"], threads))
-        self._blocks = [_RuntimeBlock(b, _Runner(make(paths[f"body{k + 1}"], threads)))
+        self._whole = _LazyRunner(make, paths["whole"], threads)
+        self._head = _LazyRunner(make, paths["head"], threads)
+        self._tail = _LazyRunner(make, paths["tail"], threads)
+        self._blocks = [_RuntimeBlock(b, _LazyRunner(make, paths[f"body{k + 1}"], threads))
                         for k, b in enumerate(self.torch_model.blocks())]
-        self.max_abs_diff = self._verify(model)
+        stamp = paths["whole"].parent / f"verified-{backend}.json"
+        if stamp.is_file():
+            self.max_abs_diff = json.loads(stamp.read_text())["max_abs_diff"]
+        else:  # once per graphs and runtime: whole graph and stages against PyTorch
+            self.max_abs_diff = self._verify(model)
+            from .checkpoint import atomic_write
+
+            atomic_write(stamp, lambda tmp: Path(tmp).write_text(
+                json.dumps({"max_abs_diff": self.max_abs_diff})))
 
     @property
     def scale(self) -> int:
