@@ -490,3 +490,77 @@ def test_load_mixed_burst(real_server, tmp_path):
     out = os.environ.get("BSRN_SERVE_REPORT")
     if out:
         Path(out).write_text(json.dumps(report, indent=2))
+
+
+# ----------------------------------------------------------------------------- the page
+CHROMIUM = os.environ.get("BSRN_CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's headless Chromium driven by Playwright (no downloaded browser)."""
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="playwright is not installed (pip install playwright)")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set BSRN_CHROMIUM)")
+    with sync_api.sync_playwright() as p:
+        try:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        except Exception as e:  # noqa: BLE001 - a browser that cannot start is a skip
+            pytest.skip(f"headless Chromium cannot start: {str(e).splitlines()[0]}")
+        yield browser
+        browser.close()
+
+
+def _clip_left(page) -> float:
+    """Where the slider cuts the 'after' image, in % of its width."""
+    style = page.locator("#bsrn-slider img").nth(1).get_attribute("style")
+    return float(re.search(r"clip-path:\s*inset\([^)]*?([\d.]+)%\)", style).group(1))
+
+
+def test_page_upload_compare_download(real_server, browser, tmp_path):
+    """Upload the sample photo, wait for the result, move the slider, download the file: it is
+    the CLI's output. The screenshot is kept ($BSRN_SERVE_SCREENSHOT, else the test folder)."""
+    from bsrn.upscale import SAMPLE
+
+    src = tmp_path / "photo.png"
+    shutil.copy(SAMPLE, src)
+    ref = cli_output(src, tmp_path / "cli", "--scale", "4")
+    page = browser.new_page(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+    page.goto(real_server.url + "/")
+    page.set_input_files("#bsrn-inputs input[type=file]", str(src))
+    page.locator("#bsrn-inputs").get_by_text("photo.png").wait_for(timeout=60_000)
+    page.click("#bsrn-run")
+    link = page.locator("#bsrn-results a[download]")
+    link.first.wait_for(timeout=600_000)
+    images = page.locator("#bsrn-slider img")
+    assert images.count() == 2
+    for i in range(2):  # both sides are loaded and at the result's size
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                               arg=images.nth(i).element_handle(), timeout=60_000)
+        size = images.nth(i).evaluate("img => [img.naturalWidth, img.naturalHeight]")
+        assert tuple(size) == Image.open(ref).size
+
+    before = _clip_left(page)
+    box = page.locator("#bsrn-slider .slider-wrap").bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] / 2, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.3, y, steps=12)
+    page.mouse.up()
+    after = _clip_left(page)
+    assert after < before - 10, (before, after)
+
+    with page.expect_download() as download:
+        link.first.click()
+    got = tmp_path / "download" / download.value.suggested_filename
+    download.value.save_as(got)
+    assert got.name == ref.name
+    assert_same_image(got.read_bytes(), ref)
+
+    shot = Path(os.environ.get("BSRN_SERVE_SCREENSHOT") or tmp_path / "serve.png")
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shot))
+    print(f"\nscreenshot: {shot}")
+    assert Image.open(shot).size == (1400, 900)
+    page.close()
