@@ -31,7 +31,7 @@ from PIL import Image, ImageCms
 
 from bsrn import cli
 
-for _mod in ("fastapi", "gradio", "uvicorn", "multipart"):
+for _mod in ("fastapi", "gradio", "uvicorn", "python_multipart"):
     pytest.importorskip(_mod, reason=f"{_mod} is not installed (pip install 'bsrn[serve]')")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -320,10 +320,38 @@ def test_errors_are_json(tiny_server):
 
 
 def test_oversized_upload_is_413_and_server_goes_on(tiny_server, tmp_path):
-    status, body = upload_expecting_continue(tiny_server, "big.png", os.urandom(3 * 2**20))
+    status, _, body, _ = upload(tiny_server, "big.png", os.urandom(3 * 2**20))
+    assert status == 413 and "limit" in json.loads(body)["error"]
+    # far over the limit: refused from the headers, before the body is sent (as curl does it)
+    status, body = upload_expecting_continue(tiny_server, "huge.png", os.urandom(12 * 2**20))
     assert status == 413 and "limit" in json.loads(body)["error"]
     src = make_images(tmp_path / "in", side=8)["rgb.png"]
     assert upload(tiny_server, src.name, src.read_bytes())[0] == 200
+
+
+def test_chunked_upload_over_the_limit_is_413(tiny_server):
+    chunks = (os.urandom(2**16) for _ in range(40))  # 2.5 MiB, no Content-Length
+    status, _, body = request(tiny_server.url + "/v1/upscale?filename=big.png", chunks,
+                              {"Content-Type": "application/octet-stream"})
+    assert status == 413 and "limit" in json.loads(body)["error"]
+    assert request(tiny_server.url + "/healthz")[0] == 200
+
+
+def test_timeout_is_504_and_the_job_is_cleaned_up(tmp_path):
+    server = Server(tmp_path, "--timeout", "0.5")
+    try:
+        src = tmp_path / "photo.png"
+        Image.fromarray(_noise(160, 160, 3)).save(src)
+        status, _, body, _ = upload(server, src.name, src.read_bytes())
+        assert status == 504 and "timed out" in json.loads(body)["error"]
+        (folder,) = server.private_folders()
+        deadline = time.monotonic() + 300
+        while json.loads(request(server.url + "/healthz")[2])["served"] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        assert not list(folder.glob("job-*"))  # removed once the abandoned work ended
+    finally:
+        server.stop()
 
 
 def test_private_temp_folder_is_emptied_and_removed(tmp_path, tiny_x2_weights):

@@ -348,7 +348,14 @@ def _json_error(status: int, message: str, headers: dict | None = None):
 
 
 class _Guard:
-    """ASGI middleware: the access token (when set) and the API's upload size limit."""
+    """ASGI middleware: the access token (when set) and the API's upload size limit.
+
+    An upload over the limit gets 413. One that overshoots by little (up to ``DRAIN`` times the
+    limit) is read to its end first, so that clients which send the whole body before reading
+    the reply see the 413 rather than a reset connection; a larger one is cut off at once.
+    """
+
+    DRAIN = 4
 
     def __init__(self, app, token: str | None, max_bytes: int):
         self.app, self.token, self.max_bytes = app, token, max_bytes
@@ -382,13 +389,15 @@ class _Guard:
             if from_query:  # the page keeps it as a cookie for its own requests
                 send = _with_cookie(send, self.token)
         if scope["type"] == "http" and path.startswith("/v1/"):
-            headers = dict(scope.get("headers", []))
-            length = headers.get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.max_bytes + 65536:
+            limit = self.max_bytes + 65536  # room for the multipart framing
+            length = dict(scope.get("headers", [])).get(b"content-length", b"")
+            if length.isdigit() and int(length) > limit:
+                if int(length) <= self.DRAIN * limit:
+                    await _drain(receive, self.DRAIN * limit)
                 return await _json_error(413, f"upload of {int(length):,} bytes is over this "
                                               f"server's limit of {self.max_bytes:,}")(
                     scope, receive, send)
-            receive = _counting(receive, self.max_bytes + 65536)
+            receive = _counting(receive, limit, self.DRAIN * limit, self.max_bytes)
         return await self.app(scope, receive, send)
 
 
@@ -402,7 +411,18 @@ def _with_cookie(send, token: str):
     return wrapped
 
 
-def _counting(receive, limit: int):
+async def _drain(receive, budget: int, seen: int = 0) -> None:
+    """Read and drop the rest of a request body, up to ``budget`` bytes in all."""
+    while seen <= budget:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
+def _counting(receive, limit: int, budget: int, shown: int):
     seen = 0
 
     async def wrapped():
@@ -411,7 +431,9 @@ def _counting(receive, limit: int):
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise TooLarge(f"upload is over this server's limit of {limit - 65536:,} bytes")
+                if message.get("more_body", False):
+                    await _drain(receive, budget, seen)
+                raise TooLarge(f"upload is over this server's limit of {shown:,} bytes")
         return message
     return wrapped
 
