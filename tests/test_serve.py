@@ -253,6 +253,25 @@ def test_health_models_openapi(tiny_server):
     assert {p["name"] for p in upscale["parameters"]} >= {"scale", "weights", "format"}
 
 
+def test_user_weights_folder_is_listed(tmp_path, tiny_x2_weights):
+    pytest.importorskip("bsrn.weights_folder", reason="this install has no weights folder")
+    folder = tmp_path / "home" / "weights"
+    folder.mkdir(parents=True)
+    shutil.copy(tiny_x2_weights, folder / "mine-x2.safetensors")
+    server = Server(tmp_path, env={"BSRN_HOME": str(tmp_path / "home")})
+    try:
+        models = {m["name"]: m for m in json.loads(request(server.url + "/v1/models")[2])["models"]}
+        assert models["mine-x2"]["source"] == "user" and models["mine-x2"]["scale"] == 2
+        src = make_images(tmp_path / "in", side=8)["rgb.png"]
+        ref = cli_output(src, tmp_path / "cli", "--weights", tiny_x2_weights)
+        status, _, body, _ = upload(server, src.name, src.read_bytes(), "?weights=mine-x2")
+        assert status == 200, body
+        with Image.open(io.BytesIO(body)) as got, Image.open(ref) as want:
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize("kind", ["rgb.png", "photo.jpg", "alpha.png", "grey16.png"])
 def test_upscale_equals_cli(tiny_server, tiny_x2_weights, tmp_path, kind):
     src = make_images(tmp_path / "in")[kind]

@@ -99,13 +99,14 @@ class Limits:
 
 # ----------------------------------------------------------------------------- weights
 def user_weights() -> dict[str, Path]:
-    """Weights in the user's weights folder (name -> file), when this install has one."""
-    from . import checkpoint
-
-    find = getattr(checkpoint, "user_weights", None)  # the `bsrn weights` folder, where present
+    """Weights in the user's weights folder (``bsrn weights``), where this install has one."""
     try:
-        return dict(find()) if find is not None else {}
-    except BsrnError:
+        from .weights_folder import user_weights as find
+    except ImportError:
+        return {}
+    try:
+        return dict(find())
+    except (BsrnError, OSError, ImportError):
         return {}
 
 
@@ -205,7 +206,9 @@ class UpscaleService:
         """Names a client may ask for -> files: bundled, the user's folder, the server's own."""
         from .checkpoint import bundled_weights
 
-        return {**bundled_weights(), **user_weights(), **self._weights_files}
+        bundled = bundled_weights()
+        user = {k: v for k, v in user_weights().items() if k not in bundled}
+        return {**bundled, **user, **self._weights_files}
 
     def models(self) -> list[dict]:
         """``GET /v1/models``: one entry per weights name (no server paths)."""
@@ -321,8 +324,9 @@ class UpscaleService:
         dst = Path(folder or self.folder) / f"{stem}_x{up.scale:g}{ext}"
         try:
             _, _, written = up.upscale_file(src, dst, max_pixels=self.limits.max_pixels)
-        except ImageError as e:
-            raise ImageError(str(e).replace(str(src), name)) from None
+        except ImageError as e:  # name the client's file, never a server path
+            raise ImageError(str(e).replace(str(src), name).replace(str(dst), dst.name)) \
+                from None
         data = written.read_bytes()
         if not keep:
             written.unlink(missing_ok=True)
