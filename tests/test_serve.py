@@ -566,27 +566,41 @@ def _clip_left(page) -> float:
 
 
 def test_page_upload_compare_download(real_server, browser, tmp_path):
-    """Upload the sample photo, wait for the result, move the slider, download the file: it is
-    the CLI's output. The screenshot is kept ($BSRN_SERVE_SCREENSHOT, else the test folder)."""
+    """Upload the sample photo and a small image, wait for the results, move the slider,
+    download a result and the zip: they are the CLI's outputs; then show the other result. The
+    screenshot is kept ($BSRN_SERVE_SCREENSHOT, else the test folder)."""
+    import zipfile
+
     from bsrn.upscale import SAMPLE
 
     src = tmp_path / "photo.png"
     shutil.copy(SAMPLE, src)
-    ref = cli_output(src, tmp_path / "cli", "--scale", "4")
+    small = tmp_path / "small.png"
+    Image.fromarray(_noise(24, 32, 3, seed=4)).save(small)
+    refs = {p.name: cli_output(p, tmp_path / "cli" / p.stem, "--scale", "4")
+            for p in (src, small)}
+    ref = refs["photo.png"]
     page = browser.new_page(viewport={"width": 1400, "height": 900}, accept_downloads=True)
     page.goto(real_server.url + "/")
-    page.set_input_files("#bsrn-inputs input[type=file]", str(src))
-    page.locator("#bsrn-inputs").get_by_text("photo.png").wait_for(timeout=60_000)
+    page.set_input_files("#bsrn-inputs input[type=file]", [str(src), str(small)])
+    for name in ("photo.png", "small.png"):  # both uploaded
+        page.locator(f'#bsrn-inputs [aria-label="{name}"]').wait_for(timeout=60_000)
     page.click("#bsrn-run")
-    link = page.locator("#bsrn-results a[download]")
-    link.first.wait_for(timeout=600_000)
+    links = page.locator("#bsrn-results a[download]")
+    links.nth(2).wait_for(timeout=600_000)
+    assert [links.nth(i).get_attribute("download") for i in range(links.count())] == \
+        ["photo_x4.png", "small_x4.png", "bsrn_results.zip"]
     images = page.locator("#bsrn-slider img")
-    assert images.count() == 2
-    for i in range(2):  # both sides are loaded and at the result's size
-        page.wait_for_function("img => img.complete && img.naturalWidth > 0",
-                               arg=images.nth(i).element_handle(), timeout=60_000)
-        size = images.nth(i).evaluate("img => [img.naturalWidth, img.naturalHeight]")
-        assert tuple(size) == Image.open(ref).size
+
+    def slider_sizes():
+        assert images.count() == 2
+        for i in range(2):
+            page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                                   arg=images.nth(i).element_handle(), timeout=60_000)
+        return [tuple(images.nth(i).evaluate("img => [img.naturalWidth, img.naturalHeight]"))
+                for i in range(2)]
+
+    assert slider_sizes() == [Image.open(ref).size] * 2  # both sides at the result's size
 
     before = _clip_left(page)
     box = page.locator("#bsrn-slider .slider-wrap").bounding_box()
@@ -598,16 +612,31 @@ def test_page_upload_compare_download(real_server, browser, tmp_path):
     after = _clip_left(page)
     assert after < before - 10, (before, after)
 
-    with page.expect_download() as download:
-        link.first.click()
-    got = tmp_path / "download" / download.value.suggested_filename
-    download.value.save_as(got)
-    assert got.name == ref.name
-    assert_same_image(got.read_bytes(), ref)
+    downloads = {}
+    for i in (0, 2):
+        with page.expect_download() as download:
+            links.nth(i).click()
+        got = tmp_path / "download" / download.value.suggested_filename
+        download.value.save_as(got)
+        downloads[got.name] = got
+    assert_same_image(downloads["photo_x4.png"].read_bytes(), ref)
+    with zipfile.ZipFile(downloads["bsrn_results.zip"]) as z:
+        assert sorted(z.namelist()) == ["photo_x4.png", "small_x4.png"]
+        for name, reference in refs.items():
+            assert_same_image(z.read(reference.name), reference)
 
     shot = Path(os.environ.get("BSRN_SERVE_SCREENSHOT") or tmp_path / "serve.png")
     shot.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(shot))
+    page.evaluate("window.scrollTo(0, 0)")
+    page.mouse.move(0, 0)
+    page.screenshot(path=str(shot), full_page=True)
     print(f"\nscreenshot: {shot}")
-    assert Image.open(shot).size == (1400, 900)
+    assert Image.open(shot).size[0] == 1400
+
+    page.locator("#bsrn-pick input").click()  # show the other result
+    page.get_by_role("option", name="small_x4.png").click()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#bsrn-slider img')].every(i => i.naturalWidth == 128"
+        " && i.complete)", timeout=60_000)
+    assert slider_sizes() == [Image.open(refs["small.png"]).size] * 2
     page.close()
