@@ -546,14 +546,15 @@ def _add_serve(sub):
 
 
 def _run_serve(args):
-    from .errors import ConfigError
+    from importlib.util import find_spec
 
-    try:
-        from .serve import Limits, serve
-        import fastapi, gradio, uvicorn  # noqa: F401, E401
-    except ImportError as e:
+    from .errors import ConfigError
+    from .serve import Limits, serve
+
+    missing = [m for m in ("fastapi", "gradio", "uvicorn", "python_multipart") if not find_spec(m)]
+    if missing:
         raise ConfigError(f"bsrn serve needs the serve extra: pip install 'bsrn[serve]' "
-                          f"({e.name} is missing)") from None
+                          f"({', '.join(missing)} missing)")
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
                     workers=args.workers, queue=args.queue, timeout=args.timeout,
                     threads=args.threads)

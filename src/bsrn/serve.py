@@ -149,12 +149,6 @@ class Job:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.service._release()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
 
 class UpscaleService:
     """Upscaling behind the page and the API: bounded admission, worker threads, a private
@@ -173,6 +167,12 @@ class UpscaleService:
         self.device = resolve_device(device)
         self.precision = precision
         self.backend = backend
+        if backend is not None:
+            from .upscale import Upscaler
+
+            if not _takes(Upscaler, "backend"):
+                raise ConfigError(f"--backend {backend}: this install's Upscaler has no "
+                                  "backends")
         self.workers = 1 if self.device.type != "cpu" else self.limits.workers
         self.threads = self.limits.threads or max(1, (os.cpu_count() or 1) // self.workers)
         if self.device.type == "cpu":
@@ -297,7 +297,7 @@ class UpscaleService:
         return self._pool.submit(run)
 
     def upscale(self, src: Path, filename: str, scale=None, weights=None, fmt: str | None = None,
-                folder: Path | None = None, keep: bool = False) -> Result:
+                folder: Path | None = None) -> Result:
         """``bsrn upscale`` of one uploaded file: the output name and format follow the CLI
         (``<stem>_x<scale><ext>``, the upload's extension unless ``fmt``; PNG for alpha)."""
         from PIL import Image
@@ -328,8 +328,7 @@ class UpscaleService:
             raise ImageError(str(e).replace(str(src), name).replace(str(dst), dst.name)) \
                 from None
         data = written.read_bytes()
-        if not keep:
-            written.unlink(missing_ok=True)
+        written.unlink(missing_ok=True)
         return Result(data, written.name, _MEDIA_TYPES.get(written.suffix, "image/png"))
 
     def close(self) -> None:
@@ -594,6 +593,19 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror}); choose another "
+                              "--port or --host") from None
+
+
 def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, weights: str | None = None,
           device="auto", precision: str = "fp32", backend: str | None = None,
           limits: Limits | None = None, token: str | None = None, log=print) -> None:
@@ -608,6 +620,7 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, weights: str | Non
         if not token:
             token = secrets.token_urlsafe(24)
             log(f"bsrn serve: token: {token}")
+    _check_port(host, port)
     service = UpscaleService(weights, device=device, precision=precision, backend=backend,
                              limits=limits)
     # Everything this process spools (multipart parts, the page's uploads) stays in its folder.
