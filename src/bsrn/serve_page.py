@@ -94,7 +94,8 @@ def build_page(service: UpscaleService) -> gr.Blocks:
                 return pair
         return gr.update()
 
-    with gr.Blocks(title="bsrn", delete_cache=(600, PAGE_FILES_MAX_AGE)) as page:
+    with gr.Blocks(title="bsrn", delete_cache=(600, PAGE_FILES_MAX_AGE),
+                   analytics_enabled=False) as page:
         gr.Markdown("## bsrn: super-resolution with BSRN\nDrop, paste or pick images, choose "
                     "the scale, then compare the result with the input enlarged by bicubic.")
         with gr.Row():
