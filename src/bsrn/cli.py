@@ -570,8 +570,62 @@ def _run_models(args):
     print("\nbundled weights: " + (", ".join(bundled) if bundled else "none in this install"))
 
 
+# ----------------------------------------------------------------------------- serve
+def _add_serve(sub):
+    from .serve import DEFAULT_HOST, DEFAULT_PORT, TOKEN_ENV, Limits
+
+    d = Limits()
+    p = sub.add_parser(
+        "serve", help="a local web page and HTTP API for upscaling (needs bsrn[serve])",
+        description="Serve a page (drop images, compare before/after, download) and an HTTP "
+                    "API (POST /v1/upscale, GET /v1/models, GET /healthz, /docs). Listens on "
+                    "loopback unless --host says otherwise; then every request needs the token.")
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
+    p.add_argument("--weights", default=None, metavar="NAME|FILE",
+                   help="default weights (default: the bundled bsrn-x<scale> of each request)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "auto"])
+    p.add_argument("--backend", default=None, help="inference backend (default: the engine's)")
+    p.add_argument("--token", default=None,
+                   help=f"token every request must carry (default ${TOKEN_ENV}; required, and "
+                        "generated when absent, off loopback)")
+    p.add_argument("--max-upload-mb", type=float, default=d.max_upload_bytes / 2**20,
+                   help=f"largest upload in MiB (default {d.max_upload_bytes / 2**20:g})")
+    p.add_argument("--max-pixels", type=_pixel_count, default=d.max_pixels,
+                   help=f"largest input, width x height (default {d.max_pixels:,})")
+    p.add_argument("--workers", type=int, default=d.workers,
+                   help=f"jobs run at once (default {d.workers}; always 1 on a GPU)")
+    p.add_argument("--queue", type=int, default=d.queue,
+                   help=f"jobs that may wait; more get 503 (default {d.queue})")
+    p.add_argument("--timeout", type=float, default=d.timeout,
+                   help=f"seconds per request, waiting included (default {d.timeout:g})")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads per worker (default: the cores shared among the workers)")
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args):
+    from importlib.util import find_spec
+
+    from .errors import ConfigError
+    from .serve import Limits, serve
+
+    missing = [m for m in ("fastapi", "gradio", "uvicorn", "python_multipart") if not find_spec(m)]
+    if missing:
+        raise ConfigError(f"bsrn serve needs the serve extra: pip install 'bsrn[serve]' "
+                          f"({', '.join(missing)} missing)")
+    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
+                    workers=args.workers, queue=args.queue, timeout=args.timeout,
+                    threads=args.threads)
+    serve(args.host, args.port, weights=args.weights, device=args.device,
+          precision=args.precision, backend=args.backend, limits=limits, token=args.token,
+          log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    return 0
+
+
 _ADDERS = [_add_upscale, _add_eval, _add_make_lr, _add_train, _add_plot_log, _add_profile, _add_bench_ntire,
-           _add_plot, _add_ablate, _add_export, _add_models, _add_weights]
+           _add_plot, _add_ablate, _add_export, _add_models, _add_weights, _add_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:
