@@ -260,7 +260,7 @@ def _transcode(av, src, tmp, upscaler, codec, encoder, crf, pix_fmt, rgb_fmt, pr
         step = max(1, round(1 / (rate * vin.time_base))) if vin.time_base else 1
         for packet in inp.demux([vin, *(inp.streams[i] for i in streams)]):
             if packet.stream.index in streams:
-                if packet.dts is None:
+                if not packet.size:  # the demuxer's end-of-stream marker
                     continue
                 packet.stream = streams[packet.stream.index]
                 out.mux(packet)
