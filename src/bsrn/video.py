@@ -220,6 +220,7 @@ def _transcode(av, src, tmp, upscaler, codec, encoder, crf, pix_fmt, rgb_fmt, pr
             cc.options = {"crf": str(DEFAULT_CRF[codec] if crf is None else crf)}
             if codec == "av1":
                 cc.options["preset"] = "8"
+                os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its banner otherwise
         if probe.rotation:
             vout.set_display_rotation(probe.rotation)
         copied, streams = [], {}
