@@ -166,17 +166,36 @@ def test_exception_mid_stream_removes_the_partial_file(tmp_path, tiny_x2_weights
     calls = []
     real = bsrn.video._upscale_batch
 
-    def failing(up, frames):
+    def failing(up, frames, size=1):
         calls.append(1)
         if len(calls) == 5:
             raise KeyboardInterrupt
-        return real(up, frames)
+        return real(up, frames, size)
 
     monkeypatch.setattr(bsrn.video, "_upscale_batch", failing)
     dst = tmp_path / "out" / "clip_x2.mp4"
     with pytest.raises(KeyboardInterrupt):
         upscale_video(clip, dst, Upscaler(tiny_x2_weights, device="cpu"), progress=False)
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_batches_of_frames_equal_frame_by_frame(tiny_x2_weights):
+    """Several frames per forward (the CUDA default; forced here on CPU), the short last batch
+    padded to the same shape, give each frame's own result."""
+    from bsrn.video import _upscale_batch
+
+    up = Upscaler(tiny_x2_weights, device="cpu")
+    rng = np.random.default_rng(3)
+    frames = [rng.integers(0, 256, (20, 26, 3), dtype=np.uint8) for _ in range(3)]
+    got = _upscale_batch(up, frames, size=4)
+    assert len(got) == 3
+    for f, g in zip(frames, got):
+        assert g.dtype == np.uint8 and g.shape == (40, 52, 3)
+        assert np.abs(up.upscale(f).astype(int) - g).max() <= 1
+    deep = [(f.astype(np.uint16) * 257) for f in frames[:2]]
+    for f, g in zip(deep, _upscale_batch(up, deep, size=2)):
+        assert g.dtype == np.uint16
+        assert np.abs(up.upscale(f).astype(int) - g).max() <= 300
 
 
 # ----------------------------------------------------------------------------- kinds of clips
@@ -278,3 +297,22 @@ def test_crf_checks(tmp_path, tiny_x2_weights):
         upscale_video(clip, tmp_path / "o.mkv", up, codec="ffv1", crf=10, progress=False)
     with pytest.raises(VideoError, match="0..63"):
         upscale_video(clip, tmp_path / "o.mp4", up, crf=99, progress=False)
+
+
+def test_ten_bit_video_stays_ten_bit(tmp_path, tiny_x2_weights):
+    src = tmp_path / "ten.mkv"
+    with av.open(str(src), "w") as out:
+        s = out.add_stream("libx264", rate=24)
+        s.width, s.height, s.pix_fmt = 48, 36, "yuv420p10le"
+        for i in range(4):
+            a = np.random.default_rng(i).integers(0, 65536, (36, 48, 3)).astype(np.uint16)
+            f = av.VideoFrame.from_ndarray(a, format="rgb48le").reformat(format="yuv420p10le")
+            f.pts = i
+            out.mux(s.encode(f))
+        out.mux(s.encode(None))
+    dst = tmp_path / "ten_x2.mkv"
+    upscale_video(src, dst, Upscaler(tiny_x2_weights, device="cpu"), progress=False)
+    b = info(dst)
+    assert b["n"] == 4 and b["size"] == (72, 96)
+    with av.open(str(dst)) as c:
+        assert next(c.decode(video=0)).format.name == "yuv420p10le"

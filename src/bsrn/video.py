@@ -121,21 +121,25 @@ def _pix_fmt(av, encoder: str, probe: _Probe, w: int, h: int) -> str:
 
 
 # ----------------------------------------------------------------------------- frames
-def _upscale_batch(upscaler, frames: list[np.ndarray]) -> list[np.ndarray]:
+def _upscale_batch(upscaler, frames: list[np.ndarray], size: int = 1) -> list[np.ndarray]:
     """HxWx3 uint8/uint16 frames -> upscaled frames of the same dtype; one forward per batch
-    when the scale is the weights' own (else frame by frame, for the bicubic resize)."""
+    when the scale is the weights' own (else frame by frame, for the bicubic resize). A short
+    last batch is padded to ``size`` frames so every forward has the same shape."""
     from .tiling import forward_auto
 
+    n = len(frames)
     peak = 65535.0 if frames[0].dtype == np.uint16 else 255.0
-    x = torch.from_numpy(np.stack(frames).astype(np.float32)).to(upscaler.device)
-    x = x.permute(0, 3, 1, 2) / peak
+    stack = np.stack(frames + frames[-1:] * (size - n) if size > n else frames)
+    if stack.dtype == np.uint16:
+        stack = stack.astype(np.int32)  # torch has no uint16 arithmetic on every device
+    x = torch.from_numpy(stack).to(upscaler.device).permute(0, 3, 1, 2).float() / peak
     if upscaler.scale == upscaler.native_scale:
         y = forward_auto(upscaler.model, x, device=upscaler.device,
                          precision=upscaler.precision, tile=upscaler.tile,
                          tile_pad=upscaler.tile_pad).clamp(0, 1)
     else:
-        y = torch.cat([upscaler.upscale_planes(x[i:i + 1]) for i in range(len(frames))])
-    y = torch.floor(y * peak + 0.5).permute(0, 2, 3, 1).cpu().numpy()
+        y = torch.cat([upscaler.upscale_planes(x[i:i + 1]) for i in range(n)])
+    y = torch.floor(y[:n] * peak + 0.5).permute(0, 2, 3, 1).cpu().numpy()
     return [a.astype(frames[0].dtype) for a in y]
 
 
@@ -244,7 +248,7 @@ def _transcode(av, src, tmp, upscaler, codec, encoder, crf, pix_fmt, rgb_fmt, pr
         def flush():
             if not pending:
                 return
-            ups = _upscale_batch(upscaler, [p[0] for p in pending])
+            ups = _upscale_batch(upscaler, [p[0] for p in pending], batch)
             for a, (_, pts, dur) in zip(ups, pending):
                 f = av.VideoFrame.from_ndarray(a, format=rgb_fmt)
                 f = f.reformat(format=pix_fmt, dst_colorspace=probe.colorspace,
