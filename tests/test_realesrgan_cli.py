@@ -43,7 +43,7 @@ def test_verbatim_realesrgan_command_line(tmp_path, capsys, monkeypatch):
         assert im.mode == "RGBA"
 
 
-def test_realesrgan_defaults_and_flag_mapping(tmp_path, capsys, tiny_x2_weights):
+def test_realesrgan_defaults_and_flag_mapping(tmp_path, capsys, tiny_x2_weights, monkeypatch):
     src = save(tmp_path / "p.png", c=4)
     rc, out, err = run(capsys, "-i", src, "-o", tmp_path / "o", "--model_path", tiny_x2_weights,
                        "--outscale", "2", "--tile_pad", "4", "--pre_pad", "0",
@@ -54,6 +54,12 @@ def test_realesrgan_defaults_and_flag_mapping(tmp_path, capsys, tiny_x2_weights)
                        "--suffix", "")
     assert rc == 0, err
     assert [p.name for p in (tmp_path / "o2").iterdir()] == ["p.png"]
+    # without -i, Real-ESRGAN reads the folder inputs/
+    save(tmp_path / "inputs" / "q.png")
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = run(capsys, "--model_path", tiny_x2_weights, "-o", "o4")
+    assert rc == 0, err
+    assert [p.name for p in (tmp_path / "o4").iterdir()] == ["q_out.png"]
     # without Real-ESRGAN names, bsrn's own naming stays
     rc, out, err = run(capsys, src, "-o", tmp_path / "o3", "--weights", tiny_x2_weights)
     assert [p.name for p in (tmp_path / "o3").iterdir()] == ["p_x2.png"]

@@ -206,7 +206,8 @@ def _add_realesrgan_aliases(p):
         "--suffix defaulting to 'out'. -o, -s/--outscale, -t/--tile (0 = whole image), "
         "--suffix and --ext are shared with the options above.")
     g.add_argument("-i", "--input", dest="re_input", action="append", metavar="PATH",
-                   help="input file or folder (same as INPUT)")
+                   help="input file or folder (same as INPUT; default: inputs, as in "
+                        "Real-ESRGAN)")
     g.add_argument("-n", "--model_name", dest="re_model_name", metavar="NAME",
                    help="a bsrn model name (bsrn-x2, bsrn-x3, bsrn-x4); Real-ESRGAN's own "
                         "models are not BSRN and are refused")
@@ -238,6 +239,8 @@ def _apply_realesrgan_aliases(args):
     if not names:
         return
     args.inputs = list(args.inputs) + list(args.re_input or [])
+    if not args.inputs and not args.sample:
+        args.inputs = ["inputs"]  # Real-ESRGAN's default input folder
     if args.re_model_name is not None:
         from .checkpoint import bundled_weights
 
