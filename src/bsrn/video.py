@@ -96,8 +96,10 @@ def _probe(av, src: Path) -> _Probe:
             fmt = frame.format
             depth = max(c.bits for c in fmt.components) if fmt.components else 8
             frames = vs.frames
-            if not frames and vs.duration and vs.average_rate:
-                frames = round(vs.duration * vs.time_base * vs.average_rate)
+            if not frames and vs.average_rate:  # estimate, for the progress bar's ETA
+                seconds = (vs.duration * vs.time_base if vs.duration
+                           else (inp.duration or 0) / 1e6)
+                frames = round(seconds * vs.average_rate)
             return _Probe(frame.width, frame.height, fmt.name, depth > 8, int(frame.rotation or 0),
                           int(frame.colorspace), int(frame.color_range),
                           int(frame.color_primaries), int(frame.color_trc), int(frames or 0))
