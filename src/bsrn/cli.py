@@ -135,10 +135,12 @@ def _add_upscale(sub):
     from .image_io import DEFAULT_MAX_PIXELS
 
     p = sub.add_parser(
-        "upscale", help="upscale images (files, folders, globs)",
-        description="Super-resolve images with BSRN. Writes OUT/<name>_x<S>.<ext>; inputs are "
-                    "never overwritten unless --overwrite.")
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders or globs")
+        "upscale", help="upscale images and videos (files, folders, globs)",
+        description="Super-resolve images and videos with BSRN. Writes OUT/<name>_x<S>.<ext>; "
+                    "inputs are never overwritten unless --overwrite. Real-ESRGAN's "
+                    "inference_realesrgan.py options are accepted too (see below).")
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="image or video files, folders or globs")
     p.add_argument("-o", "--output", default="results",
                    help="output folder (default: results), or a file name for one input")
     p.add_argument("--weights", default=None, metavar="NAME|PATH",
@@ -193,7 +195,92 @@ def _add_upscale(sub):
                    help="upscale the bundled sample photo (with --compare): writes "
                         "results/sample_x4.png and results/sample_x4_side_by_side.png")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    v = p.add_argument_group("videos (.mp4, .mkv, .mov, .webm, .avi; needs the video extra)")
+    v.add_argument("--codec", default="h264", choices=["h264", "hevc", "av1", "ffv1"],
+                   help="video encoder (default h264; ffv1 is lossless)")
+    v.add_argument("--crf", type=int, default=None,
+                   help="constant rate factor, lower is better (default: h264 18, hevc 20, "
+                        "av1 28)")
+    _add_realesrgan_aliases(p)
     p.set_defaults(func=_run_upscale)
+
+
+REALESRGAN_MODELS = ("RealESRGAN_x4plus", "RealESRNet_x4plus", "RealESRGAN_x4plus_anime_6B",
+                     "RealESRGAN_x2plus", "realesr-animevideov3", "realesr-general-x4v3")
+
+
+def _add_realesrgan_aliases(p):
+    """Real-ESRGAN's inference_realesrgan.py options, mapped onto ours by
+    ``_apply_realesrgan_aliases`` (-o, -s, -t, --suffix and --ext are shared)."""
+    g = p.add_argument_group(
+        "Real-ESRGAN options (inference_realesrgan.py command lines run unchanged)",
+        "Using any of these names outputs as Real-ESRGAN does: <name>_<suffix>.<ext>, "
+        "--suffix defaulting to 'out'. -o, -s/--outscale, -t/--tile (0 = whole image), "
+        "--suffix and --ext are shared with the options above.")
+    g.add_argument("-i", "--input", dest="re_input", action="append", metavar="PATH",
+                   help="input file or folder (same as INPUT; default: inputs, as in "
+                        "Real-ESRGAN)")
+    g.add_argument("-n", "--model_name", dest="re_model_name", metavar="NAME",
+                   help="a bsrn model name (bsrn-x2, bsrn-x3, bsrn-x4); Real-ESRGAN's own "
+                        "models are not BSRN and are refused")
+    g.add_argument("--model_path", dest="re_model_path", metavar="PATH",
+                   help="weights file (same as --weights)")
+    g.add_argument("--outscale", dest="re_outscale", type=float, metavar="S",
+                   help="output scale (same as -s/--scale)")
+    g.add_argument("--tile_pad", dest="re_tile_pad", type=int, metavar="P",
+                   help="same as --tile-pad")
+    g.add_argument("--pre_pad", dest="re_pre_pad", type=int, metavar="P",
+                   help="accepted; BSRN needs no pre-padding at the borders")
+    g.add_argument("--fp32", dest="re_fp32", action="store_true",
+                   help="full precision (bsrn's default already)")
+    g.add_argument("--half", dest="re_half", action="store_true",
+                   help="half precision on CUDA, fp32 elsewhere (--precision auto)")
+    g.add_argument("--alpha_upsampler", dest="re_alpha_upsampler",
+                   choices=["realesrgan", "bicubic"],
+                   help="realesrgan: through the network (--alpha-upsampler network); bicubic")
+    g.add_argument("-g", "--gpu-id", "--gpu_id", dest="re_gpu_id", type=int, metavar="N",
+                   help="GPU index (--device cuda:N)")
+
+
+def _apply_realesrgan_aliases(args):
+    """Map Real-ESRGAN's option names onto ours; with any of them, outputs are named
+    <stem>_<suffix>.<ext> (suffix default 'out'), as Real-ESRGAN names them."""
+    from .errors import CheckpointError, ConfigError
+
+    names = [k for k, v in vars(args).items() if k.startswith("re_") and v not in (None, False)]
+    if not names:
+        return
+    args.inputs = list(args.inputs) + list(args.re_input or [])
+    if not args.inputs and not args.sample:
+        args.inputs = ["inputs"]  # Real-ESRGAN's default input folder
+    if args.re_model_name is not None:
+        from .checkpoint import bundled_weights
+
+        known = ", ".join(bundled_weights()) or "none bundled in this install"
+        if args.re_model_name not in bundled_weights():
+            what = ("a Real-ESRGAN model, not BSRN" if args.re_model_name in REALESRGAN_MODELS
+                    else "not a bsrn model name")
+            raise CheckpointError(f"-n {args.re_model_name}: {what}; bsrn's models: {known} "
+                                  "(or --model_path FILE)")
+    chosen = [w for w in (args.weights, args.re_model_path, args.re_model_name) if w]
+    if len(chosen) > 1:
+        raise ConfigError("give one of --weights, --model_path and -n/--model_name")
+    args.weights = chosen[0] if chosen else None
+    if args.re_outscale is not None:
+        args.scale = args.re_outscale
+    if args.re_tile_pad is not None:
+        args.tile_pad = args.re_tile_pad
+    if args.re_fp32 and args.re_half:
+        raise ConfigError("choose either --fp32 or --half")
+    if args.re_half:
+        args.precision = "auto"
+    if args.re_alpha_upsampler:
+        args.alpha_upsampler = {"realesrgan": "network"}.get(args.re_alpha_upsampler,
+                                                             args.re_alpha_upsampler)
+    if args.re_gpu_id is not None:
+        args.device = f"cuda:{args.re_gpu_id}"
+    suffix = "out" if args.suffix is None else args.suffix
+    args.suffix = f"_{suffix}" if suffix else ""
 
 
 def _run_upscale(args):
@@ -202,6 +289,7 @@ def _run_upscale(args):
     from .errors import ConfigError
     from .upscale import SAMPLE, Upscaler, upscale_files
 
+    _apply_realesrgan_aliases(args)
     inputs = list(args.inputs)
     if args.sample:
         inputs.append(str(SAMPLE))
@@ -224,12 +312,12 @@ def _run_upscale(args):
                                ext=args.ext, overwrite=args.overwrite,
                                skip_existing=args.skip_existing, recursive=args.recursive,
                                max_pixels=args.max_pixels, compare=args.compare or args.sample,
-                               progress=not args.quiet)
+                               progress=not args.quiet, codec=args.codec, crf=args.crf)
     if len(result.written) <= 3:
         for path in result.written + result.extra:
             print(f"wrote {path}")
     elif result.written:
-        print(f"wrote {len(result.written)} images under {args.output}")
+        print(f"wrote {len(result.written)} files under {args.output}")
     print(result.summary())
     return 0 if result.ok else 1
 

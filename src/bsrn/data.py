@@ -40,6 +40,54 @@ def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
 
 
+GENERATE = "generate"
+"""A ``data.train`` entry that stands for synthetic images made at start (``synthetic_images``)."""
+
+
+def synthetic_images(folder: str | os.PathLike, n: int = 48, size: int = 192,
+                     seed: int = 0) -> list[Path]:
+    """Synthetic training images: smooth colour gradients under random anti-aliased shapes,
+    lines and stripes, with mild noise; deterministic in ``seed``, written once as PNGs."""
+    from PIL import Image, ImageDraw
+
+    folder = Path(folder)
+    paths = [folder / f"synthetic_{seed}_{i:03d}.png" for i in range(n)]
+    if all(p.is_file() for p in paths):
+        return paths
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    big = 2 * size  # drawn at 2x and downsampled: band-limited edges, as in photographs
+    yy, xx = np.mgrid[0:big, 0:big] / big
+    for path in paths:
+        c0, c1, c2 = rng.integers(0, 256, (3, 3))
+        base = c0 + np.multiply.outer(xx, c1 - c0) + np.multiply.outer(yy, c2 - c0) * 0.5
+        im = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(im)
+        for _ in range(rng.integers(8, 24)):
+            colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+            x0, y0 = (int(v) for v in rng.integers(-big // 4, big, 2))
+            w, h = (int(v) for v in rng.integers(big // 16, big // 2, 2))
+            kind = rng.integers(0, 4)
+            if kind == 0:
+                draw.ellipse([x0, y0, x0 + w, y0 + h], fill=colour)
+            elif kind == 1:
+                pts = [tuple(int(v) for v in rng.integers(-big // 4, big + big // 4, 2))
+                       for _ in range(rng.integers(3, 6))]
+                draw.polygon(pts, fill=colour)
+            elif kind == 2:
+                draw.line([x0, y0, x0 + w, y0 + h], fill=colour, width=int(rng.integers(1, 9)))
+            else:  # stripes
+                step = int(rng.integers(3, 16))
+                for k in range(0, w, 2 * step):
+                    draw.rectangle([x0 + k, y0, x0 + k + step - 1, y0 + h], fill=colour)
+        im = im.resize((size, size), Image.LANCZOS)
+        a = np.asarray(im).astype(np.float32) + rng.normal(0, 2, (size, size, 3))
+        tmp = path.with_name(f".{path.name}.tmp")
+        Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8)).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    return paths
+
+
 def _cached_lr(hr_path: Path, hr: np.ndarray, scale: int, cache_dir: Path, variant: str):
     """LR of ``hr`` from the cache, or made by MATLAB bicubic and written there."""
     st = hr_path.stat()
@@ -83,6 +131,8 @@ def load_pairs(entries: list, scale: int, patch_size: int, cache_dir: str | os.P
                 raise ConfigError(f"data.train: {lr_dir}: no such folder")
             for p in _images(hr_dir):
                 jobs.append((p, _find_lr(lr_dir, p.stem, scale) or lr_dir / f"{p.stem}x{scale}.png"))
+        elif entry == GENERATE:
+            jobs += [(p, None) for p in synthetic_images(Path(cache_dir) / "synthetic")]
         else:
             jobs += [(p, None) for p in _images(Path(entry))]
     if limit:

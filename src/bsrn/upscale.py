@@ -37,6 +37,7 @@ from .image_io import (DEFAULT_MAX_PIXELS, IMAGE_EXTS, Picture, picture_from_pil
 from .backends import make_backend, physical_cores
 from .precision import resolve_device, resolve_precision
 from .tiling import forward_auto, parse_bytes
+from .video import is_video, upscale_video
 
 DEFAULT_SCALE = 4
 ALPHA_UPSAMPLERS = ("network", "bicubic")
@@ -462,14 +463,20 @@ class BatchResult:
     seconds: float = 0.0
     scale: float = DEFAULT_SCALE
     extra: list[Path] = field(default_factory=list)
+    videos: int = 0
+    frames: int = 0
 
     @property
     def ok(self) -> bool:
         return not self.failed
 
     def summary(self) -> str:
-        n = len(self.written)
-        s = (f"{n} image{'s' if n != 1 else ''} upscaled x{self.scale:g} "
+        n = len(self.written) - self.videos
+        v = self.videos
+        s = ((f"{v} video{'s' if v != 1 else ''} ({self.frames} frames)" if v else "")
+             + (" and " if v and n else "") + (f"{n} image{'s' if n != 1 else ''}" if n or not v
+                                               else "")
+             + f" upscaled x{self.scale:g} "
              f"({self.in_pixels / 1e6:.2f} MP -> {self.out_pixels / 1e6:.2f} MP) "
              f"in {self.seconds:.1f} s")
         if self.skipped:
@@ -480,7 +487,8 @@ class BatchResult:
 
 
 def _is_image_name(p: Path) -> bool:
-    return p.suffix.lower() in IMAGE_EXTS
+    """An image or a video name: what folders and globs take as input."""
+    return p.suffix.lower() in IMAGE_EXTS or is_video(p)
 
 
 def _inside(f: Path, folder: Path) -> bool:
@@ -573,6 +581,7 @@ def plan_outputs(found: list[tuple[Path, Path]], output="results", suffix: str =
     jobs = []
     for f, rel in found:
         e = ext if ext != "auto" else (f.suffix.lower() if _is_image_name(f) else ".png")
+        e = f.suffix.lower() if is_video(f) else e  # --ext is for images
         jobs.append(Job(f, out / rel.parent / f"{f.stem}{suffix}{e}"))
     return jobs
 
@@ -581,12 +590,14 @@ def upscale_files(inputs, output="results", upscaler: Upscaler | None = None, *,
                   suffix: str | None = None, ext: str = "auto", overwrite: bool = False,
                   skip_existing: bool = False, recursive: bool = False,
                   max_pixels: int | None = DEFAULT_MAX_PIXELS, compare: bool = False,
-                  progress: bool = True, log=None, **upscaler_kwargs) -> BatchResult:
+                  progress: bool = True, log=None, codec: str = "h264", crf: int | None = None,
+                  **upscaler_kwargs) -> BatchResult:
     """Upscale files, folders and globs into ``output`` (see ``bsrn upscale --help``).
 
     Inputs are never overwritten unless ``overwrite``; existing outputs are replaced unless
     ``skip_existing``. A file that cannot be read or written is reported (one line through
-    ``log``) and the batch goes on; the result lists it under ``failed``.
+    ``log``) and the batch goes on; the result lists it under ``failed``. Videos are
+    upscaled by ``bsrn.video.upscale_video`` with ``codec`` and ``crf``.
     """
     if overwrite and skip_existing:
         raise ConfigError("choose either --overwrite or --skip-existing, not both")
@@ -637,6 +648,18 @@ def upscale_files(inputs, output="results", upscaler: Upscaler | None = None, *,
             result.skipped.append(job.dst)
             continue
         try:
+            if is_video(job.src):
+                if not is_video(job.dst):
+                    raise ConfigError(f"{job.src}: a video needs a video output name or a "
+                                      f"folder, not {job.dst}")
+                v = upscale_video(job.src, job.dst, upscaler, codec=codec, crf=crf,
+                                  progress=progress)
+                result.written.append(v.path)
+                result.videos += 1
+                result.frames += v.frames
+                result.in_pixels += v.frames * v.in_size[0] * v.in_size[1]
+                result.out_pixels += v.frames * v.out_size[0] * v.out_size[1]
+                continue
             pic, out, written = upscaler.upscale_file(job.src, job.dst, max_pixels=max_pixels,
                                                       compare=compare)
         except (BsrnError, OSError, MemoryError, RuntimeError) as e:
