@@ -188,7 +188,8 @@ def _run_upscale(args):
     import warnings
 
     from .errors import ConfigError
-    from .upscale import SAMPLE, Upscaler, upscale_files
+    from .batch import upscale_files
+    from .upscale import SAMPLE, Upscaler
 
     inputs = list(args.inputs)
     if args.sample:
@@ -361,11 +362,9 @@ def _add_bench_ntire(sub):
 
 
 def _run_bench_ntire(args):
-    import json
-
     import torch
 
-    from .checkpoint import atomic_write
+    from .atomic import write_json
     from .errors import BsrnError
     from .precision import resolve_device
     from .profile import format_ntire, ntire_report, resolve_model
@@ -380,8 +379,7 @@ def _run_bench_ntire(args):
                        args.limit, not args.quiet)
     print(format_ntire([row]))
     if args.json:
-        text = json.dumps(row, indent=2) + "\n"
-        atomic_write(args.json, lambda tmp: open(tmp, "w", encoding="utf-8").write(text))
+        write_json(args.json, row)
 
 
 def _add_plot(sub):

@@ -8,7 +8,6 @@ BSRN/BasicSR test sets). SR is clamped, rounded to uint8, and scored on Y (BT.60
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -173,14 +172,7 @@ def format_table(results, title: str | None = None) -> str:
 def write_json(results, path: str | os.PathLike, per_image: bool = False) -> Path:
     """Write ``[{"dataset", "scale", "psnr", "ssim", "images", "lr_source"}, ...]``
     atomically (``per_image`` adds the per-image scores)."""
-    from .checkpoint import atomic_write
+    from .atomic import write_json as _write_json
 
     rows = [r.to_dict(per_image) if isinstance(r, EvalResult) else dict(r) for r in results]
-    text = json.dumps(rows, indent=2) + "\n"
-
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    atomic_write(path, write)
-    return Path(path)
+    return _write_json(path, rows)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import atomic_write
+from .atomic import atomic_write
 from .errors import BsrnError, ConfigError
 
 #: Sizes (N, H, W) checked after export: minimum, odd, batch 2 non-square.

@@ -185,7 +185,7 @@ def plot_tradeoff(points: list[Point], out_dir, dataset: str = "Set5", scale: in
 
 
 def _save_fig(fig, path: Path) -> None:
-    from .checkpoint import atomic_write
+    from .atomic import atomic_write
 
     fmt = path.suffix.lstrip(".")
     meta = {"Software": None} if fmt == "png" else None
@@ -195,15 +195,9 @@ def _save_fig(fig, path: Path) -> None:
 def points_to_json(points: list[Point], path) -> None:
     from dataclasses import asdict
 
-    from .checkpoint import atomic_write
+    from .atomic import write_json
 
-    text = json.dumps([asdict(p) for p in points], indent=2) + "\n"
-
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    atomic_write(path, write)
+    write_json(path, [asdict(p) for p in points])
 
 
 # ----------------------------------------------------------------------------- comparison grid

@@ -55,7 +55,7 @@ def plot_training_log(run_dirs, out: str | os.PathLike | None = None, title: str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .checkpoint import atomic_write
+    from .atomic import atomic_write
 
     if isinstance(run_dirs, (str, os.PathLike)):
         run_dirs = [run_dirs]
