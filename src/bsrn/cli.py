@@ -537,4 +537,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"bsrn {args.command}: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as e:  # an optional dependency: say which extra installs it
+        if args.debug or not e.name:
+            raise
+        from .extras import missing_message
+
+        print(f"bsrn {args.command}: error: {missing_message(e.name, f'bsrn {args.command}')}",
+              file=sys.stderr)
+        return 1
     return int(rc or 0)
