@@ -290,6 +290,8 @@ def plan_outputs(found: list[tuple[Path, Path]], output="results", suffix: str =
     only when ``overwrite``)."""
     out = Path(output)
     ext = check_ext(ext)
+    if any(s in suffix for s in (os.sep, os.altsep or os.sep, "\0")):
+        raise ConfigError(f"--suffix {suffix!r} must be part of a file name (no path separator)")
     single = _names_file(out)
     if single and len(found) > 1:
         raise ConfigError(f"-o {output} names one file, but there are {len(found)} inputs; "
@@ -346,12 +348,28 @@ def plan_outputs(found: list[tuple[Path, Path]], output="results", suffix: str =
         if os.path.isdir(path):
             for job, _ in owners:
                 problems.setdefault(id(job), f"output {path} is a folder")
+        if len(os.fsencode(path.name)) > _name_max(path.parent):
+            for job, _ in owners:
+                problems.setdefault(id(job), f"output name {path.name[:40]}... is longer than "
+                                             f"{_name_max(path.parent)} bytes, the file "
+                                             "system's limit; use a shorter --suffix")
     for job in jobs:
         if id(job) in problems:
             plan.failed.append((str(job.src), _line(job.src, problems[id(job)])))
         else:
             plan.jobs.append(job)
     return plan
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name (bytes) the file system of ``folder`` (or its nearest existing
+    parent) takes."""
+    for f in [folder, *folder.parents]:
+        try:
+            return os.pathconf(f, "PC_NAME_MAX")
+        except (OSError, ValueError, AttributeError):
+            continue
+    return 255
 
 
 def _inode(p: Path) -> tuple[int, int] | None:

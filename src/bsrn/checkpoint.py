@@ -156,6 +156,8 @@ def check_tensors(sd: dict[str, torch.Tensor], path) -> None:
                                   "; weights must be floating point (float32, float16 or "
                                   "bfloat16)")
     for k, v in sd.items():
+        if v.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+            v = v.float()  # e.g. float8: isfinite is not implemented for every dtype
         if not bool(torch.isfinite(v).all()):
             what = "NaN" if bool(torch.isnan(v).any()) else "infinite"
             raise CheckpointError(f"{path}: tensor {k} has {what} values; the weights are "

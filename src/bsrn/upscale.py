@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import bundled_weights, load_model
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, ImageError
 from .image_io import (DEFAULT_MAX_PIXELS, Picture, picture_from_pil, read_image, stores_alpha,
                        to_8bit, write_image)
 from .optimize import optimize as _optimize
@@ -308,7 +308,11 @@ class Upscaler:
         out = self.upscale_picture(pic)
         dst = Path(dst)
         if out.has_alpha and not stores_alpha(dst):
-            dst = dst.with_suffix(".png")
+            png = dst.with_suffix(".png")
+            if png.exists():  # the switch to .png must not replace a file nobody named
+                raise ImageError(f"{src}: has transparency, which {dst.suffix} cannot store, "
+                                 f"and {png} exists; write to a .png name")
+            dst = png
         write_image(dst, out.pixels, icc_profile=out.icc_profile, exif=out.exif)
         if compare:
             write_side_by_side(side_by_side_path(dst), pic, out,

@@ -199,3 +199,35 @@ def test_written_file_has_normal_permissions(tmp_path, capsys, weights):
     assert (tmp_path / "o" / "a_x2.png").stat().st_mode & 0o777 == 0o666 & ~umask
     with Image.open(tmp_path / "o" / "a_x2.png") as im:
         assert im.size == (24, 20)
+
+
+def test_output_names_over_the_file_system_limit_are_refused_up_front(tmp_path, capsys,
+                                                                       weights):
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    a = save(tmp_path / "in" / ("s" * (limit - 7) + ".png"))  # a_x2.png fits, its side-by-side not
+    rc, out, err = run(capsys, weights, a, "-o", tmp_path / "o", "--compare")
+    (line,) = error_lines(err)
+    assert rc == 1 and "longer than" in line and "0 images upscaled" in out
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+@pytest.mark.parametrize("suffix", ["/x", "_x2/../../up", "a/b"])
+def test_suffix_cannot_leave_the_output_folder(tmp_path, capsys, weights, suffix):
+    rc, _, err = run(capsys, weights, save(tmp_path / "a.png"), "-o", tmp_path / "o",
+                     "--suffix", suffix)
+    assert rc == 1 and "--suffix" in error_lines(err)[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_library_upscale_file_alpha_switch_never_replaces_a_file(tmp_path, weights):
+    from bsrn.errors import ImageError
+    from bsrn.upscale import Upscaler
+
+    a = save(tmp_path / "a.png", pixels(c=4))
+    before = a.read_bytes()
+    up = Upscaler(weights, device="cpu")
+    with pytest.raises(ImageError, match="transparency"):
+        up.upscale_file(a, tmp_path / "a.jpg")
+    assert a.read_bytes() == before
+    _, _, written = up.upscale_file(a, tmp_path / "b.jpg")
+    assert written == tmp_path / "b.png" and read_image(written).has_alpha

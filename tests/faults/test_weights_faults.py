@@ -182,3 +182,14 @@ def test_truncated_and_garbage_weights_are_one_line(tiny, tmp_path):
         with pytest.raises(CheckpointError) as e:
             load_model(tmp_path / name)
         assert "\n" not in str(e.value) and name in str(e.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64,
+                                   torch.float8_e4m3fn])
+def test_every_floating_dtype_loads(tiny, tmp_path, dtype):
+    sd, meta = tiny
+    path = write(tmp_path / "w.safetensors", {k: v.to(dtype) for k, v in sd.items()}, meta)
+    model = load_model(path)
+    ref = {k: v.to(dtype).float() for k, v in sd.items()}
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, ref[k].reshape(v.shape), rtol=0, atol=0)
