@@ -2,29 +2,37 @@
 
 ``atomic_write(path, write)`` lets ``write`` fill a temporary file in the destination folder and
 renames it onto ``path``. Temporary names are short and fixed in length
-(``.bsrn-<pid>-<random>.tmp``), so any legal destination name works, and they carry the writer's
-process id: the first write of a process into a folder removes temporary files left there by
-writers that are no longer running (a run killed mid-write).
+(``.bsrn-<host>-<pid>-<random>.tmp``), so any legal destination name works, and they name their
+writer: the first write of a process into a folder removes temporary files left there by writers
+on this machine that are no longer running (a run killed mid-write), and those of other machines
+once they are a day old.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import secrets
+import socket
 import threading
+import time
 from pathlib import Path
 
 TEMP_PREFIX = ".bsrn-"
 TEMP_SUFFIX = ".tmp"
-_TEMP_NAME = re.compile(r"\.bsrn-(\d+)-[0-9a-f]{8}\.tmp\Z")
+_TEMP_NAME = re.compile(r"\.bsrn-([0-9a-f]{6})-(\d+)-[0-9a-f]{8}\.tmp\Z")
+FOREIGN_TEMP_AGE_S = 86400
+"""Temporary files of writers on other machines (a shared folder) are removed at this age."""
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
 _swept: set[str] = set()
 _swept_lock = threading.Lock()
 
 
 def temp_name() -> str:
-    """A temporary file name of ours: ``.bsrn-<pid>-<8 hex>.tmp`` (at most 30 characters)."""
-    return f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    """A temporary file name of ours: ``.bsrn-<host hash>-<pid>-<8 hex>.tmp`` (at most 37
+    characters, whatever the destination's name)."""
+    return f"{TEMP_PREFIX}{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
 
 
 def _running(pid: int) -> bool:
@@ -40,7 +48,8 @@ def _running(pid: int) -> bool:
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
-    """Delete our temporary files in ``folder`` whose writer process is gone; returns them."""
+    """Delete our temporary files in ``folder`` whose writer is gone (a process of this machine
+    that no longer runs; another machine's after ``FOREIGN_TEMP_AGE_S``); returns them."""
     removed = []
     try:
         entries = list(os.scandir(folder))
@@ -48,9 +57,14 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
         return removed
     for entry in entries:
         m = _TEMP_NAME.match(entry.name)
-        if m is None or _running(int(m.group(1))):
+        if m is None:
             continue
         try:
+            if m.group(1) == _HOST:
+                if _running(int(m.group(2))):
+                    continue
+            elif time.time() - entry.stat(follow_symlinks=False).st_mtime < FOREIGN_TEMP_AGE_S:
+                continue
             if entry.is_file(follow_symlinks=False):
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))

@@ -162,21 +162,30 @@ def test_stale_temp_files_of_a_killed_run_are_removed(tmp_path, capsys, weights)
     out = tmp_path / "o"
     out.mkdir()
     stale = _writer_killed_mid_write(out)
-    assert os.path.exists(stale) and len(os.path.basename(stale)) <= 30
+    assert os.path.exists(stale) and len(os.path.basename(stale)) <= 37
+    from bsrn.atomic import _HOST
+
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        alive = out / f".bsrn-{live.pid}-0123abcd.tmp"  # a writer that is still running
+        alive = out / f".bsrn-{_HOST}-{live.pid}-0123abcd.tmp"  # a writer still running
         alive.write_bytes(b"in progress")
+        other = "0" * 6 if _HOST != "0" * 6 else "1" * 6
+        remote = out / f".bsrn-{other}-1-0123abcd.tmp"  # another machine's, fresh: kept
+        remote.write_bytes(b"in progress elsewhere")
+        old = out / f".bsrn-{other}-2-0123abcd.tmp"  # another machine's, two days old
+        old.write_bytes(b"left behind")
+        os.utime(old, (time.time() - 2 * 86400,) * 2)
         mine = out / "user.tmp"
         mine.write_bytes(b"a user's file")
         rc, _, err = run(capsys, weights, save(tmp_path / "a.png"), "-o", out)
         assert rc == 0, err
-        assert not os.path.exists(stale)
-        assert alive.exists() and mine.exists()
+        assert not os.path.exists(stale) and not old.exists()
+        assert alive.exists() and remote.exists() and mine.exists()
     finally:
         live.kill()
         live.wait()
-    assert sorted(p.name for p in out.iterdir()) == sorted([alive.name, "a_x2.png", "user.tmp"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [alive.name, remote.name, "a_x2.png", "user.tmp"])
 
 
 def test_failed_write_leaves_no_temp(tmp_path):
