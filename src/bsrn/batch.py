@@ -15,7 +15,8 @@
    the batch goes on.
 
 Output names: ``<output>/<relative folder>/<stem><suffix><ext>``. With ``ext="auto"`` the input's
-extension is kept when bsrn can write it, else ``.png``. An image with alpha bound for JPEG or
+extension is kept when bsrn can write it, else that of its format (``.jfif`` -> ``.jpg``), else
+``.png``. An image with alpha bound for JPEG or
 BMP becomes ``.png``; an animation (GIF, APNG, WebP) keeps ``.gif``/``.png``/``.webp`` and
 becomes ``.png`` (APNG) for any other extension.
 """
@@ -32,8 +33,8 @@ from pathlib import Path
 
 from .errors import BsrnError, ConfigError, ImageError
 from .image_io import (ANIMATED_EXTS, DEFAULT_MAX_PIXELS, IMAGE_EXTS, Animation, ImageInfo,
-                       Picture, probe_image, read_animation, read_exts, read_image, stores_alpha,
-                       write_animation, write_image)
+                       Picture, ext_of_format, probe_image, read_animation, read_exts,
+                       read_image, stores_alpha, write_animation, write_image)
 from .upscale import DEFAULT_SCALE, Upscaler, side_by_side_path, write_side_by_side
 
 _GLOB_CHARS = set("*?[")
@@ -257,13 +258,14 @@ def _names_file(output: Path) -> bool:
 
 def output_ext(src: Path, info: ImageInfo, ext: str) -> str:
     """The extension actually written for ``src`` when ``ext`` (``auto`` or ``.xyz``) is asked:
-    the input's when writable under ``auto``, ``.png`` when alpha or animation needs it."""
+    under ``auto`` the input's when writable, else its format's, else ``.png``; ``.png`` when
+    alpha or animation needs it."""
     if ext == "auto":
         e = src.suffix.lower()
         if info.animated and e == ".apng":
             e = ".png"
         if e not in IMAGE_EXTS + ANIMATED_EXTS or e == ".gif" and not info.animated:
-            e = ".png"
+            e = ext_of_format(info.format) or ".png"  # e.g. photo.jfif -> .jpg
     else:
         e = ext
     if info.animated:

@@ -515,6 +515,11 @@ def format_of(path: str | os.PathLike) -> str:
     return _FORMAT_OF_EXT[ext]
 
 
+def ext_of_format(fmt: str | None) -> str | None:
+    """The extension bsrn writes a Pillow format under (``JPEG`` -> ``.jpg``), or None."""
+    return _EXT_OF_FORMAT.get(fmt or "")
+
+
 def stores_alpha(path: str | os.PathLike) -> bool:
     """Whether the format of ``path``'s extension keeps transparency (not JPEG or BMP)."""
     return format_of(path) not in _NO_ALPHA

@@ -414,3 +414,12 @@ def side_by_side(lr: np.ndarray, sr: np.ndarray, label: str = "BSRN",
 def write_side_by_side(path, lr: Picture, sr: Picture, label: str = "BSRN") -> Path:
     write_image(path, side_by_side(lr.pixels, sr.pixels, label))
     return Path(path)
+
+
+def __getattr__(name):
+    """The batch API lives in ``bsrn.batch``; these names are kept importable from here."""
+    if name in ("upscale_files", "collect_inputs", "plan_outputs", "BatchResult", "Job"):
+        from . import batch
+
+        return getattr(batch, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
