@@ -200,8 +200,8 @@ def collect_inputs(inputs, recursive: bool = False, output: str | os.PathLike | 
     output = Path(output) if output is not None else None
     exts = set(read_exts())
 
-    def add(f: Path, rel: Path):
-        key = _norm(f)
+    def add(f: Path, rel: Path):  # one file reached twice (named, scanned, a linked folder)
+        key = (os.path.normcase(os.path.realpath(f)), rel)
         if key not in seen:
             seen.add(key)
             found.append((f, rel))

@@ -240,3 +240,14 @@ def test_library_upscale_file_alpha_switch_never_replaces_a_file(tmp_path, weigh
     assert a.read_bytes() == before
     _, _, written = up.upscale_file(a, tmp_path / "b.jpg")
     assert written == tmp_path / "b.png" and read_image(written).has_alpha
+
+
+def test_one_file_reached_twice_is_upscaled_once(tmp_path, capsys, weights):
+    a = save(tmp_path / "src" / "a.png")
+    os.symlink(tmp_path / "src", tmp_path / "alias")
+    os.symlink("a.png", tmp_path / "src" / "b.png")  # another name: its own output
+    rc, out, err = run(capsys, weights, a, tmp_path / "src", tmp_path / "alias", "-o",
+                       tmp_path / "o")
+    assert rc == 0, err
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a_x2.png", "b_x2.png"]
+    assert "2 images upscaled" in out
