@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import BsrnError
+from .errors import BsrnError, CheckpointError
 from .image_io import IMAGE_EXTS, read_rgb_uint8
 from .imresize import bicubic_downscale, modcrop
 from .precision import exact_fp32, resolve_device  # noqa: F401 (re-exported)
@@ -83,7 +83,11 @@ def load_pair(dataset, hr_path: Path, scale: int, lr_source: str):
 def super_resolve(model: nn.Module, lr: np.ndarray, device="cpu") -> np.ndarray:
     """Run a model on one uint8 LR image; return the uint8 SR image (clamped, rounded)."""
     x = uint8_to_tensor(lr).to(device)
-    return tensor_to_uint8(model(x))
+    y = model(x)
+    if not bool(torch.isfinite(y).all()):  # a score of a black image is no score
+        raise CheckpointError(f"{getattr(model, 'source', type(model).__name__)}: the network "
+                              "output has NaN or infinite values (broken or overflowing weights)")
+    return tensor_to_uint8(y)
 
 
 def evaluate(model: nn.Module, dataset: str | os.PathLike, scale: int | None = None,

@@ -170,6 +170,12 @@ def test_non_finite_output_is_never_written(tiny, tmp_path, capsys):
     up = bsrn.Upscaler(str(path), device="cpu", plain=True)
     with pytest.raises(BsrnError, match="NaN or infinite"):
         up.upscale(torch.rand(3, 8, 8))
+    save(tmp_path / "set" / "HR" / "hr.png")  # no score is reported either
+    rc = main(["eval", "--weights", str(path), "--dataset", str(tmp_path / "set"), "--quiet",
+               "--device", "cpu"])
+    out, err = capsys.readouterr()
+    (line,) = error_lines(err, "eval")
+    assert rc == 1 and "NaN or infinite" in line and "dB" not in out
 
 
 def test_truncated_and_garbage_weights_are_one_line(tiny, tmp_path):
