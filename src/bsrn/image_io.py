@@ -26,6 +26,7 @@ hold). JPEG and BMP cannot keep alpha; other formats round 16 bits to 8 (v / 257
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
 from contextlib import contextmanager
@@ -105,6 +106,7 @@ class Picture:
 
 
 # ----------------------------------------------------------------------------- reading
+@functools.lru_cache(maxsize=None)
 def read_exts() -> tuple[str, ...]:
     """Every file extension whose images ``read_image`` can decode with this Pillow (folder
     scans take these: a format that works when named also works in a folder)."""

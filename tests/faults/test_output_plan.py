@@ -76,6 +76,15 @@ def test_overwrite_allows_only_an_inputs_own_file(tmp_path, capsys, weights):
     lines = error_lines(err)
     assert any(str(a_jpg) in ln and str(a_png) in ln for ln in lines), lines
     assert a_png.read_bytes() == before  # a.jpg -> a.png is another input: never written
+    # The alpha switch onto another input, whose own result goes elsewhere.
+    t_tif = save(tmp_path / "t" / "p.tif", pixels(c=4))
+    t_png = save(tmp_path / "t" / "p.png")
+    before = t_png.read_bytes()
+    rc, _, err = run(capsys, weights, t_tif, t_png, "-o", tmp_path / "t", "--suffix", "",
+                     "--ext", "jpg", "--overwrite")
+    (line,) = error_lines(err)
+    assert rc == 1 and f"{t_tif}: output {t_png} would overwrite the input {t_png}" in line
+    assert t_png.read_bytes() == before and (tmp_path / "t" / "p.jpg").is_file()
 
 
 # ----------------------------------------------------------------------------- outputs
