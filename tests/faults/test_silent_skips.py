@@ -195,3 +195,12 @@ def test_animation_limit_counts_every_frame(tmp_path, capsys, weights):
                      "--max-pixels", "300")
     (line,) = error_lines(err)
     assert rc == 1 and "5 frames" in line and "limit of 300 pixels" in line
+
+
+def test_a_pipe_named_like_an_image_is_a_failure_not_a_hang(tmp_path, capsys, weights):
+    save(tmp_path / "src" / "a.png")
+    os.mkfifo(tmp_path / "src" / "pipe.png")
+    rc, out, err = run(capsys, weights, tmp_path / "src", "-o", tmp_path / "o")
+    (line,) = error_lines(err)
+    assert rc == 1 and "pipe.png" in line and "not a regular file" in line
+    assert (tmp_path / "o" / "a_x2.png").is_file() and "1 image upscaled" in out
