@@ -67,15 +67,9 @@ def resolve_budget(budget: str) -> Path:
 
 
 def _atomic_json(obj, path: Path) -> None:
-    from .checkpoint import atomic_write
+    from .atomic import write_json
 
-    text = json.dumps(obj, indent=2) + "\n"
-
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    atomic_write(path, write)
+    write_json(path, obj)
 
 
 def _train_api():
@@ -300,7 +294,7 @@ def _write_outputs(study, rows, variants, info, out: Path) -> dict:
            "paper": STUDIES[study]["paper"], "variants": summary, "runs": rows}
     _atomic_json(res, out / "results.json")
     table = format_table(study, summary, info)
-    from .checkpoint import atomic_write
+    from .atomic import atomic_write
 
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:

@@ -1,21 +1,25 @@
 """Checkpoint I/O: official .pth files (BasicSR containers, bare state dicts, NTIRE BSRN-S with
 nn.Linear 1x1s, RFDN with 0-255 I/O, IMDN) and our own safetensors with the config in metadata.
 
-Pickles are only ever read with ``torch.load(weights_only=True)``.
+Pickles are only ever read with ``torch.load(weights_only=True)``. Weights are validated before
+the network is allocated: the metadata is parsed and bounded by the tensors in the file, the
+network is first laid out on the ``meta`` device (no memory) and matched shape by shape, and
+only floating, finite tensors are accepted.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .atomic import atomic_write
 from .detect import detect
 from .errors import CheckpointError
-from .models.registry import arch_of, build_model
+from .models.registry import ARCHITECTURES, arch_of, build_model
 from .models.rfdn import probe_img_range
 
 FORMAT = "bsrn/1"
@@ -124,56 +128,129 @@ def _describe_mismatch(model: nn.Module, sd: dict[str, torch.Tensor]) -> str:
     return "; ".join(parts)
 
 
+def check_tensors(sd: dict[str, torch.Tensor], path) -> None:
+    """Refuse non-tensor entries, non-floating dtypes and NaN/infinite values, naming the
+    first offending tensor."""
+    for k, v in sd.items():
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor")
+        if not v.is_floating_point():
+            raise CheckpointError(f"{path}: tensor {k} has dtype {str(v.dtype).replace('torch.', '')}"
+                                  "; weights must be floating point (float32, float16 or "
+                                  "bfloat16)")
+    for k, v in sd.items():
+        if v.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+            v = v.float()  # e.g. float8: isfinite is not implemented for every dtype
+        if not bool(torch.isfinite(v).all()):
+            what = "NaN" if bool(torch.isnan(v).any()) else "infinite"
+            raise CheckpointError(f"{path}: tensor {k} has {what} values; the weights are "
+                                  "broken (diverged training or a damaged file)")
+
+
+def config_from_metadata(meta: dict[str, str], path) -> tuple[str, dict] | None:
+    """(arch, config dict) from our safetensors metadata, None when the file has none.
+
+    Malformed metadata (invalid JSON, a missing or unknown ``arch``, a config that is not a
+    JSON object) is a ``CheckpointError``."""
+    fmt = meta.get("format")
+    if fmt != FORMAT:
+        if isinstance(fmt, str) and fmt.startswith("bsrn/"):
+            raise CheckpointError(f"{path}: metadata format {fmt!r} is not supported by this "
+                                  f"version (reads {FORMAT})")
+        return None
+    arch = meta.get("arch")
+    if not arch:
+        raise CheckpointError(f"{path}: metadata has no 'arch' (the architecture name)")
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(f"{path}: unknown architecture {arch[:60]!r} in metadata (known: "
+                              f"{', '.join(ARCHITECTURES)})")
+    raw = meta.get("config")
+    if raw is None:
+        raise CheckpointError(f"{path}: metadata has no 'config'")
+    try:
+        cfg = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError, ValueError) as e:
+        why = getattr(e, "msg", type(e).__name__)
+        raise CheckpointError(f"{path}: metadata 'config' is not valid JSON ({why})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path}: metadata 'config' must be a JSON object, not "
+                              f"{type(cfg).__name__}")
+    return arch, cfg
+
+
+def _check_bounds(cfg: dict, sd: dict[str, torch.Tensor], path) -> None:
+    """Every number in the config must be finite, and every integer no larger than what the
+    tensors in the file can describe (their largest dimension or their count), so that a
+    small file cannot ask for a huge network."""
+    dims = [d for v in sd.values() for d in v.shape]
+    limit = max(max(dims, default=0), len(sd))
+
+    def check(k, v):
+        if isinstance(v, bool) or v is None or isinstance(v, str):
+            return
+        if isinstance(v, (list, tuple)):
+            for item in v:
+                check(k, item)
+            return
+        if isinstance(v, float) and not math.isfinite(v):
+            raise CheckpointError(f"{path}: metadata config {k}={v} is not a finite number")
+        if isinstance(v, int) and not 0 <= v <= limit:
+            raise CheckpointError(f"{path}: metadata config {k}={v} is out of range for the "
+                                  f"{len(sd)} tensors in this file (largest dimension "
+                                  f"{max(dims, default=0)})")
+        if not isinstance(v, (int, float)):
+            raise CheckpointError(f"{path}: metadata config {k} is a {type(v).__name__}, "
+                                  "expected a number, string, boolean or list")
+
+    for k, v in cfg.items():
+        check(k, v)
+
+
+def _build(arch: str, cfg: dict, path, device=None) -> nn.Module:
+    try:
+        if device is None:
+            return build_model(arch, cfg)
+        with torch.device(device):
+            return build_model(arch, cfg)
+    except Exception as e:  # noqa: BLE001 - any config the network rejects becomes one line
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: bad config for {arch} ({msg[:200]})") from None
+
+
 def load_model(path: str | os.PathLike, scale: int | None = None, device="cpu") -> nn.Module:
     """Load any supported weights file (or bundled name, e.g. ``"bsrn-x4"``) into its network.
 
     The architecture and hyperparameters come from our metadata when present, otherwise from
     the tensors alone. The model is returned in eval mode; it takes and returns RGB in [0, 1].
+    Malformed metadata, a config the tensors do not fit, non-floating or non-finite tensors are
+    refused (``CheckpointError``) before the network is allocated.
     """
     path = resolve_weights(path)
     sd, meta = read_checkpoint(path)
-    if meta.get("format") == FORMAT:
-        arch = meta["arch"]
-        cfg = json.loads(meta["config"])
+    check_tensors(sd, path)
+    ours = config_from_metadata(meta, path)
+    if ours is not None:
+        arch, cfg = ours
+        _check_bounds(cfg, sd, path)
     else:
         try:
             arch, cfg = detect(sd, scale)
-        except ValueError as e:
-            raise CheckpointError(f"{path}: {e}") from None
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise CheckpointError(f"{path}: {str(e).strip(chr(39))}") from None
         cfg = cfg.to_dict()
-    try:
-        model = build_model(arch, cfg)
-    except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{path}: bad config for {arch} ({e})") from None
-    sd = _fit_shapes(model, sd)
-    problems = _describe_mismatch(model, sd)
+    skeleton = _build(arch, cfg, path, device="meta")  # shapes only: nothing is allocated
+    problems = _describe_mismatch(skeleton, _fit_shapes(skeleton, sd))
     if problems:
         raise CheckpointError(f"{path}: does not fit {arch} {cfg}: {problems}")
-    model.load_state_dict(sd, strict=True)
-    if arch == "rfdn" and meta.get("format") != FORMAT:
+    del skeleton
+    model = _build(arch, cfg, path)
+    model.load_state_dict(_fit_shapes(model, sd), strict=True)
+    if arch == "rfdn" and ours is None:
         probe_img_range(model)
     if scale is not None and scale != model.scale:
         raise CheckpointError(f"{path}: weights are x{model.scale}, but x{scale} was requested")
     model.source = str(path)
     return model.eval().to(device)
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``, so readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, metadata: dict | None = None) -> Path:

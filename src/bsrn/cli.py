@@ -287,7 +287,8 @@ def _run_upscale(args):
     import warnings
 
     from .errors import ConfigError
-    from .upscale import SAMPLE, Upscaler, upscale_files
+    from .batch import upscale_files
+    from .upscale import SAMPLE, Upscaler
 
     _apply_realesrgan_aliases(args)
     inputs = list(args.inputs)
@@ -465,11 +466,9 @@ def _add_bench_ntire(sub):
 
 
 def _run_bench_ntire(args):
-    import json
-
     import torch
 
-    from .checkpoint import atomic_write
+    from .atomic import write_json
     from .errors import BsrnError
     from .precision import resolve_device
     from .profile import format_ntire, ntire_report, resolve_model
@@ -484,8 +483,7 @@ def _run_bench_ntire(args):
                        args.limit, not args.quiet)
     print(format_ntire([row]))
     if args.json:
-        text = json.dumps(row, indent=2) + "\n"
-        atomic_write(args.json, lambda tmp: open(tmp, "w", encoding="utf-8").write(text))
+        write_json(args.json, row)
 
 
 def _add_plot(sub):
@@ -741,4 +739,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"bsrn {args.command}: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as e:  # an optional dependency: say which extra installs it
+        if args.debug or not e.name:
+            raise
+        from .extras import missing_message
+
+        print(f"bsrn {args.command}: error: {missing_message(e.name, f'bsrn {args.command}')}",
+              file=sys.stderr)
+        return 1
     return int(rc or 0)

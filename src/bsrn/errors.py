@@ -15,3 +15,7 @@ class ImageError(BsrnError):
 
 class ConfigError(BsrnError):
     """An invalid configuration value or key."""
+
+
+class MissingDependencyError(BsrnError):
+    """An optional package a command needs is not installed (the message names the extra)."""

@@ -8,7 +8,6 @@ BSRN/BasicSR test sets). SR is clamped, rounded to uint8, and scored on Y (BT.60
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import BsrnError
+from .errors import BsrnError, CheckpointError
 from .image_io import IMAGE_EXTS, read_rgb_uint8
 from .imresize import bicubic_downscale, modcrop
 from .precision import exact_fp32, resolve_device  # noqa: F401 (re-exported)
@@ -84,7 +83,11 @@ def load_pair(dataset, hr_path: Path, scale: int, lr_source: str):
 def super_resolve(model: nn.Module, lr: np.ndarray, device="cpu") -> np.ndarray:
     """Run a model on one uint8 LR image; return the uint8 SR image (clamped, rounded)."""
     x = uint8_to_tensor(lr).to(device)
-    return tensor_to_uint8(model(x))
+    y = model(x)
+    if not bool(torch.isfinite(y).all()):  # a score of a black image is no score
+        raise CheckpointError(f"{getattr(model, 'source', type(model).__name__)}: the network "
+                              "output has NaN or infinite values (broken or overflowing weights)")
+    return tensor_to_uint8(y)
 
 
 def evaluate(model: nn.Module, dataset: str | os.PathLike, scale: int | None = None,
@@ -173,14 +176,7 @@ def format_table(results, title: str | None = None) -> str:
 def write_json(results, path: str | os.PathLike, per_image: bool = False) -> Path:
     """Write ``[{"dataset", "scale", "psnr", "ssim", "images", "lr_source"}, ...]``
     atomically (``per_image`` adds the per-image scores)."""
-    from .checkpoint import atomic_write
+    from .atomic import write_json as _write_json
 
     rows = [r.to_dict(per_image) if isinstance(r, EvalResult) else dict(r) for r in results]
-    text = json.dumps(rows, indent=2) + "\n"
-
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    atomic_write(path, write)
-    return Path(path)
+    return _write_json(path, rows)

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import atomic_write
+from .atomic import atomic_write
 from .errors import BsrnError, ConfigError
+from .extras import require
 
 #: Sizes (N, H, W) checked after export: minimum, odd, batch 2 non-square.
 VERIFY_SIZES = ((1, 15, 15), (1, 37, 53), (2, 24, 31))
@@ -88,6 +89,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = 17,
     Returns {"path", "opset", "optimized", "max_abs_diff": {size: diff}}.
     """
     path = Path(path)
+    require("onnx", "ONNX export")
+    if verify:
+        require("onnxruntime", "checking the exported ONNX file (--no-verify skips it)")
     if dynamo and opset < 18:
         raise ConfigError(f"the dynamo exporter needs opset >= 18 (got {opset})")
     if not dynamo and not 11 <= opset <= 20:

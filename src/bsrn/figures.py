@@ -114,8 +114,9 @@ def plot_tradeoff(points: list[Point], out_dir, dataset: str = "Set5", scale: in
     model, highlighted models as red stars, marker area growing with Multi-Adds on the params
     plot, min-max bars where a point has a spread, dashed lines for ``reference`` PSNRs such as
     bicubic). Returns the files written."""
-    import matplotlib
+    from .extras import require
 
+    matplotlib = require("matplotlib", "drawing figures")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -185,7 +186,7 @@ def plot_tradeoff(points: list[Point], out_dir, dataset: str = "Set5", scale: in
 
 
 def _save_fig(fig, path: Path) -> None:
-    from .checkpoint import atomic_write
+    from .atomic import atomic_write
 
     fmt = path.suffix.lstrip(".")
     meta = {"Software": None} if fmt == "png" else None
@@ -195,15 +196,9 @@ def _save_fig(fig, path: Path) -> None:
 def points_to_json(points: list[Point], path) -> None:
     from dataclasses import asdict
 
-    from .checkpoint import atomic_write
+    from .atomic import write_json
 
-    text = json.dumps([asdict(p) for p in points], indent=2) + "\n"
-
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    atomic_write(path, write)
+    write_json(path, [asdict(p) for p in points])
 
 
 # ----------------------------------------------------------------------------- comparison grid
@@ -235,8 +230,9 @@ def comparison_grid(hr_path, models: list[tuple[str, object]], out_path, lr_path
     scale) of the whole image and of the crop. ``models`` are (label, nn.Module or weights).
     Default crop: the window where the first model gains most over bicubic.
     LR is ``lr_path`` or the MATLAB bicubic (double, rounded once) of the modcropped HR."""
-    import matplotlib
+    from .extras import require
 
+    matplotlib = require("matplotlib", "drawing figures")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle

@@ -10,7 +10,14 @@ write back. On the way it
 - keeps 16 bits where the file has them, decided by the file's sample format, never by the
   pixel values: 16-bit grey PNG/TIFF through Pillow, 16-bit RGB/RGBA PNG/TIFF by decoding the
   high and low bytes separately (Pillow itself keeps only 8 bits of those);
-- refuses decompression bombs: images over ``max_pixels`` (default ``DEFAULT_MAX_PIXELS``).
+- refuses decompression bombs: images over ``max_pixels`` (default ``DEFAULT_MAX_PIXELS``),
+  reported with the limit as given;
+- warns in one line when a multi-page file (TIFF) has pages beyond the first.
+
+``probe_image`` reads only the header (format, size, alpha, frames), so output names can be
+decided before any pixel is decoded. Animated GIF, PNG (APNG) and WebP are read whole by
+``read_animation`` (every frame composited, with its duration and the loop count) and written
+back animated by ``write_animation``.
 
 ``write_image`` writes a ``Picture``-like array atomically in the format named by the file
 extension, with the ICC profile (and EXIF for JPEG/PNG/WebP), JPEG quality 95 without chroma
@@ -19,8 +26,10 @@ hold). JPEG and BMP cannot keep alpha; other formats round 16 bits to 8 (v / 257
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
+from contextlib import contextmanager
 import re
 import struct
 import sys
@@ -33,16 +42,24 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .checkpoint import atomic_write
+from .atomic import atomic_write
 from .errors import ImageError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+"""Extensions bsrn writes (``--ext``); ``read_exts()`` lists every extension it reads."""
+ANIMATED_EXTS = (".gif", ".png", ".webp")
+"""Extensions an animation is written to (GIF, APNG, animated WebP)."""
+ANIMATED_FORMATS = ("GIF", "PNG", "WEBP", "FLI", "AVIF")
+_SINGLE_IMAGE_FORMATS = ("MPO", "PSD", "ICO", "ICNS", "CUR")  # extra frames: previews, layers
 DEFAULT_MAX_PIXELS = 100_000_000
 """Decompression-bomb limit for ``read_image``: 100 megapixels (width x height of the input)."""
 JPEG_QUALITY = 95
 
 _FORMAT_OF_EXT = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP",
                   ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
+# Pillow formats that cannot be read here: identify-only stubs, float data, Windows-only.
+_UNREADABLE_FORMATS = ("BUFR", "GRIB", "HDF5", "MPEG", "WMF", "IPTC", "FITS", "PDF", "PALM")
+_UNREADABLE_EXTS = (".pfm",)  # 32-bit float PPM
 _EXT_OF_FORMAT = {"PNG": ".png", "JPEG": ".jpg", "MPO": ".jpg", "BMP": ".bmp", "TIFF": ".tiff",
                   "WEBP": ".webp"}
 _NO_ALPHA = ("JPEG", "BMP")  # Pillow reads 32-bit BMP back without its alpha
@@ -89,8 +106,32 @@ class Picture:
 
 
 # ----------------------------------------------------------------------------- reading
+@functools.lru_cache(maxsize=None)
+def read_exts() -> tuple[str, ...]:
+    """Every file extension whose images ``read_image`` can decode with this Pillow (folder
+    scans take these: a format that works when named also works in a folder)."""
+    from PIL import features
+
+    Image.init()
+    needs = {"JPEG2000": "jpg_2000", "WEBP": "webp", "AVIF": "avif"}
+    out = set(IMAGE_EXTS) | {".mpo"}
+    for ext, fmt in Image.registered_extensions().items():
+        if fmt not in Image.OPEN or fmt in _UNREADABLE_FORMATS or ext in _UNREADABLE_EXTS:
+            continue
+        if fmt in needs and not features.check(needs[fmt]):
+            continue
+        if fmt == "EPS":
+            from PIL import EpsImagePlugin
+
+            if not EpsImagePlugin.has_ghostscript():
+                continue
+        out.add(ext.lower())
+    return tuple(sorted(out))
+
+
 class _PixelLimit:
-    """Let Pillow open images up to ``limit`` pixels (we check the limit ourselves)."""
+    """Let Pillow open images of any size: ``read_image`` checks the user's limit itself, from
+    the header, so the message states the limit as given (Pillow's own check doubles it)."""
 
     def __init__(self, limit: int | None):
         self.limit = limit
@@ -98,24 +139,44 @@ class _PixelLimit:
     def __enter__(self):
         _LIMIT_LOCK.acquire()
         self.saved = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None if not self.limit else self.limit
+        Image.MAX_IMAGE_PIXELS = None
 
     def __exit__(self, *exc):
         Image.MAX_IMAGE_PIXELS = self.saved
         _LIMIT_LOCK.release()
 
 
-def _bomb_message(where: str, w: int, h: int, limit: int) -> str:
-    return (f"{where}: {w}x{h} = {w * h / 1e6:.1f} MP exceeds the decompression-bomb limit of "
-            f"{limit:,} pixels; raise it with --max-pixels (max_pixels=) if you trust this file")
+def _bomb_message(where: str, w: int, h: int, limit: int, frames: int = 1) -> str:
+    size = f"{w}x{h}" + (f" x {frames} frames" if frames > 1 else "")
+    return (f"{where}: {size} = {w * h * frames / 1e6:.1f} MP exceeds the decompression-bomb "
+            f"limit of {limit:,} pixels; raise it with --max-pixels (max_pixels=) if you trust "
+            "this file")
 
 
-def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Picture:
-    """Read any image file as a ``Picture`` (see the module docstring for what is normalised).
+def _has_alpha(im: Image.Image) -> bool:
+    """Whether a (not yet decoded) PIL image carries transparency once normalised."""
+    if im.mode in ("LA", "La", "PA", "RGBA", "RGBa"):
+        return True
+    if im.mode == "P":
+        return "transparency" in im.info or im.palette is not None and im.palette.mode == "RGBA"
+    return False
 
-    ``max_pixels`` (width x height) guards against decompression bombs; 0 or None disables it.
-    """
-    path = Path(path)
+
+def _frames(im: Image.Image) -> int:
+    try:
+        return max(1, int(getattr(im, "n_frames", 1)))
+    except Exception:  # noqa: BLE001 - a damaged later frame: the first one still counts
+        return 1
+
+
+def _is_animation(im: Image.Image, frames: int) -> bool:
+    return frames > 1 and im.format in ANIMATED_FORMATS and bool(getattr(im, "is_animated", True))
+
+
+@contextmanager
+def _open_image(path: Path, max_pixels: int | None):
+    """Open ``path`` with Pillow after the file checks; every failure, in here or in the body,
+    becomes one ``ImageError`` line naming the file."""
     if not path.exists():
         raise ImageError(f"{path}: no such file")
     if path.is_dir():
@@ -129,7 +190,7 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
                 w, h = im.size
                 if max_pixels and w * h > max_pixels:
                     raise ImageError(_bomb_message(str(path), w, h, max_pixels))
-                return _picture_from_pil(im, path)
+                yield im
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -140,9 +201,130 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     except MemoryError:
         raise ImageError(f"{path}: not enough memory to decode this image") from None
     except (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error,
-            IndexError, KeyError, TypeError) as e:
+            IndexError, KeyError, TypeError, AttributeError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ImageError(f"{path}: cannot decode image ({msg[:200]})") from None
+
+
+@dataclass
+class ImageInfo:
+    """What the header of an image file says: enough to name its output."""
+
+    format: str | None
+    size: tuple[int, int]
+    has_alpha: bool
+    frames: int = 1
+    animated: bool = False
+
+
+def probe_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS
+                ) -> ImageInfo:
+    """Read the header of ``path`` (no pixels are decoded): format, size, alpha, frames."""
+    path = Path(path)
+    with _open_image(path, max_pixels) as im:
+        frames = _frames(im)
+        animated = _is_animation(im, frames)
+        if animated and max_pixels and im.size[0] * im.size[1] * frames > max_pixels:
+            raise ImageError(_bomb_message(str(path), *im.size, max_pixels, frames))
+        return ImageInfo(im.format, im.size, _has_alpha(im), frames, animated)
+
+
+def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Picture:
+    """Read any image file as a ``Picture`` (see the module docstring for what is normalised).
+
+    ``max_pixels`` (width x height) guards against decompression bombs; 0 or None disables it.
+    """
+    path = Path(path)
+    with _open_image(path, max_pixels) as im:
+        frames = _frames(im)
+        if frames > 1 and im.format not in ANIMATED_FORMATS + _SINGLE_IMAGE_FORMATS:
+            warnings.warn(f"{path}: has {frames} pages; only the first is read", stacklevel=2)
+        return _picture_from_pil(im, path)
+
+
+@dataclass
+class Animation:
+    """Every frame of an animated image, composited (HxWx3 RGB or HxWx4 RGBA uint8), with the
+    duration of each frame in ms and the loop count (0: for ever; None: the file has none)."""
+
+    frames: list[np.ndarray]
+    durations: list[float]
+    loop: int | None = None
+    format: str | None = None
+
+    @property
+    def has_alpha(self) -> bool:
+        return self.frames[0].shape[2] == 4
+
+
+def read_animation(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS
+                   ) -> Animation:
+    """Read every frame of an animated GIF, PNG (APNG) or WebP as an ``Animation``.
+
+    ``max_pixels`` bounds width x height x frames."""
+    from PIL import ImageSequence
+
+    path = Path(path)
+    with _open_image(path, max_pixels) as im:
+        frames_n = _frames(im)
+        if max_pixels and im.size[0] * im.size[1] * frames_n > max_pixels:
+            raise ImageError(_bomb_message(str(path), *im.size, max_pixels, frames_n))
+        loop = im.info.get("loop")
+        frames, durations, alpha = [], [], False
+        for frame in ImageSequence.Iterator(im):
+            frame.load()
+            alpha = alpha or _has_alpha(frame)
+            frames.append(frame.convert("RGBA"))
+            durations.append(float(frame.info.get("duration", 0) or 0))
+        loop = im.info.get("loop", loop)
+        fmt = im.format
+    arrays = [np.asarray(f if alpha else f.convert("RGB")).copy() for f in frames]
+    return Animation(arrays, durations, loop, fmt)
+
+
+def write_animation(path: str | os.PathLike, anim: Animation) -> None:
+    """Write an ``Animation`` atomically as GIF, APNG (.png) or animated WebP, keeping every
+    frame's duration and the loop count."""
+    ext = Path(path).suffix.lower()
+    fmt = {".gif": "GIF", ".png": "PNG", ".webp": "WEBP"}.get(ext)
+    if fmt is None:
+        raise ImageError(f"{path}: an animation is written as {', '.join(ANIMATED_EXTS)}, "
+                         f"not {ext or '(none)'}")
+    alpha = anim.has_alpha
+    images = [Image.fromarray(np.ascontiguousarray(a), mode="RGBA" if alpha else "RGB")
+              for a in anim.frames]
+    if fmt == "GIF":
+        images = [_gif_frame(im) for im in images]
+    kw = {"save_all": True, "append_images": images[1:],
+          "duration": [max(0, round(d)) for d in anim.durations]}
+    if fmt == "GIF":
+        kw["disposal"] = 2 if alpha else 1
+        if anim.loop is not None:
+            kw["loop"] = anim.loop
+    elif fmt == "PNG":
+        kw.update(disposal=1, blend=0, loop=1 if anim.loop is None else anim.loop)
+    else:
+        kw.update(quality=JPEG_QUALITY, loop=1 if anim.loop is None else anim.loop)
+    try:
+        atomic_write(path, lambda tmp: images[0].save(tmp, format=fmt, **kw))
+    except (OSError, ValueError) as e:
+        raise ImageError(f"{path}: cannot write animation ({e})") from None
+
+
+def _gif_frame(im: Image.Image) -> Image.Image:
+    """An RGB(A) frame as a 256-colour GIF frame; alpha below 50 % becomes the transparent
+    index 255."""
+    if im.mode != "RGBA":
+        return im.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    q = im.convert("RGB").quantize(255, method=Image.Quantize.MEDIANCUT,
+                                   dither=Image.Dither.NONE)
+    idx = np.asarray(q).copy()
+    idx[np.asarray(im)[:, :, 3] < 128] = 255
+    out = Image.fromarray(idx, mode="P")
+    pal = q.getpalette() or []
+    out.putpalette((pal + [0] * 768)[:768])
+    out.info["transparency"] = 255
+    return out
 
 
 def picture_from_pil(im: Image.Image) -> Picture:
@@ -198,9 +380,7 @@ def _pixels_of(im: Image.Image, icc: bytes | None, path) -> tuple[np.ndarray, by
     if mode == "1":
         return np.asarray(im.convert("L")), icc
     if mode == "P":
-        has_alpha = ("transparency" in im.info
-                     or im.palette is not None and im.palette.mode == "RGBA")
-        return np.asarray(im.convert("RGBA" if has_alpha else "RGB")), icc
+        return np.asarray(im.convert("RGBA" if _has_alpha(im) else "RGB")), icc
     if mode in ("PA", "RGBa", "RGBX"):
         return np.asarray(im.convert("RGBA" if mode != "RGBX" else "RGB")), icc
     if mode == "La":
@@ -335,6 +515,11 @@ def format_of(path: str | os.PathLike) -> str:
         raise ImageError(f"{path}: unsupported output extension {ext or '(none)'} "
                          f"(use one of {', '.join(IMAGE_EXTS)})")
     return _FORMAT_OF_EXT[ext]
+
+
+def ext_of_format(fmt: str | None) -> str | None:
+    """The extension bsrn writes a Pillow format under (``JPEG`` -> ``.jpg``), or None."""
+    return _EXT_OF_FORMAT.get(fmt or "")
 
 
 def stores_alpha(path: str | os.PathLike) -> bool:

@@ -170,7 +170,7 @@ def make_lr_folder(hr_dir: str | os.PathLike, out_dir: str | os.PathLike,
     from PIL import Image
     from tqdm.auto import tqdm
 
-    from .checkpoint import atomic_write
+    from .atomic import atomic_write
     from .errors import BsrnError
     from .image_io import IMAGE_EXTS
 

@@ -51,11 +51,13 @@ def plot_training_log(run_dirs, out: str | os.PathLike | None = None, title: str
     marks where a stage starts. Returns the PNG path (default ``RUN_DIR/curves.png`` of the
     first run).
     """
-    import matplotlib
+    from .extras import require
+
+    matplotlib = require("matplotlib", "drawing training curves")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .checkpoint import atomic_write
+    from .atomic import atomic_write
 
     if isinstance(run_dirs, (str, os.PathLike)):
         run_dirs = [run_dirs]

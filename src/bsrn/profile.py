@@ -584,17 +584,9 @@ def output_to_input(output_hw: tuple[int, int], scale: int) -> tuple[int, int]:
 
 def write_profile_json(p: Profile, path) -> None:
     """Write one profile as a JSON object, atomically."""
-    import json
+    from .atomic import write_json
 
-    from .checkpoint import atomic_write
-
-    text = json.dumps(p.to_dict(), indent=2) + "\n"
-
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    atomic_write(path, write)
+    write_json(path, p.to_dict())
 
 
 # ----------------------------------------------------------------------------- NTIRE protocol

@@ -3,9 +3,8 @@
 - ``upscale(image, ...)``: one call for a PIL image, a numpy array or a torch tensor.
 - ``Upscaler``: keeps the (optimized) model loaded for repeated calls; also reads and writes
   files (``upscale_file``).
-- ``upscale_files(inputs, output, upscaler, ...)``: the batch behind ``bsrn upscale``: files,
-  folders and globs, never overwriting inputs, atomic writes, a progress bar, one-line errors
-  and a summary.
+- the batch behind ``bsrn upscale`` (files, folders, globs, one output plan) is
+  ``bsrn.batch.upscale_files``.
 
 Colour goes through the network. Greyscale is replicated to RGB, super-resolved and averaged
 back to one channel. Alpha is upscaled separately, by the network (replicated to RGB, the
@@ -17,13 +16,9 @@ network at its native scale and resize the result with MATLAB bicubic.
 """
 from __future__ import annotations
 
-import glob
 import math
 import os
-import sys
-import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,19 +26,17 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import bundled_weights, load_model
-from .errors import BsrnError, CheckpointError, ConfigError, ImageError
-from .image_io import (DEFAULT_MAX_PIXELS, IMAGE_EXTS, Picture, picture_from_pil, read_image,
-                       stores_alpha, to_8bit, write_image)
+from .errors import CheckpointError, ConfigError, ImageError
+from .image_io import (DEFAULT_MAX_PIXELS, Picture, picture_from_pil, read_image, stores_alpha,
+                       to_8bit, write_image)
 from .backends import make_backend, physical_cores
 from .precision import resolve_device, resolve_precision
 from .tiling import forward_auto, parse_bytes
-from .video import is_video, upscale_video
 
 DEFAULT_SCALE = 4
 ALPHA_UPSAMPLERS = ("network", "bicubic")
 DEFAULT_ALPHA_UPSAMPLER = "network"
 SAMPLE = Path(__file__).parent / "samples" / "sample.png"
-_GLOB_CHARS = set("*?[")
 
 
 
@@ -204,6 +197,9 @@ class Upscaler:
         y = forward_auto(self.model, x, device=self.device, precision=self.precision,
                          tile=self.tile, tile_pad=self.tile_pad, progress=self.progress,
                          memory_budget_bytes=self.memory_budget)
+        if not bool(torch.isfinite(y).all()):  # never a black image reported as a success
+            raise CheckpointError(f"{self.weights}: the network output has NaN or infinite "
+                                  "values (broken or overflowing weights); nothing written")
         return y.clamp(0, 1)
 
     def upscale_planes(self, x: torch.Tensor) -> torch.Tensor:
@@ -340,7 +336,11 @@ class Upscaler:
         out = self.upscale_picture(pic)
         dst = Path(dst)
         if out.has_alpha and not stores_alpha(dst):
-            dst = dst.with_suffix(".png")
+            png = dst.with_suffix(".png")
+            if png.exists():  # the switch to .png must not replace a file nobody named
+                raise ImageError(f"{src}: has transparency, which {dst.suffix} cannot store, "
+                                 f"and {png} exists; write to a .png name")
+            dst = png
         write_image(dst, out.pixels, icc_profile=out.icc_profile, exif=out.exif)
         if compare:
             write_side_by_side(side_by_side_path(dst), pic, out,
@@ -444,235 +444,10 @@ def write_side_by_side(path, lr: Picture, sr: Picture, label: str = "BSRN") -> P
     return Path(path)
 
 
-# ----------------------------------------------------------------------------- batches
-@dataclass
-class Job:
-    src: Path
-    dst: Path
+def __getattr__(name):
+    """The batch API lives in ``bsrn.batch``; these names are kept importable from here."""
+    if name in ("upscale_files", "collect_inputs", "plan_outputs", "BatchResult", "Job"):
+        from . import batch
 
-
-@dataclass
-class BatchResult:
-    """What ``upscale_files`` did: written outputs, skipped ones, failures with messages."""
-
-    written: list[Path] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    in_pixels: int = 0
-    out_pixels: int = 0
-    seconds: float = 0.0
-    scale: float = DEFAULT_SCALE
-    extra: list[Path] = field(default_factory=list)
-    videos: int = 0
-    frames: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-    def summary(self) -> str:
-        n = len(self.written) - self.videos
-        v = self.videos
-        s = ((f"{v} video{'s' if v != 1 else ''} ({self.frames} frames)" if v else "")
-             + (" and " if v and n else "") + (f"{n} image{'s' if n != 1 else ''}" if n or not v
-                                               else "")
-             + f" upscaled x{self.scale:g} "
-             f"({self.in_pixels / 1e6:.2f} MP -> {self.out_pixels / 1e6:.2f} MP) "
-             f"in {self.seconds:.1f} s")
-        if self.skipped:
-            s += f", {len(self.skipped)} skipped (output exists)"
-        if self.failed:
-            s += f", {len(self.failed)} failed"
-        return s
-
-
-def _is_image_name(p: Path) -> bool:
-    """An image or a video name: what folders and globs take as input."""
-    return p.suffix.lower() in IMAGE_EXTS or is_video(p)
-
-
-def _inside(f: Path, folder: Path) -> bool:
-    try:
-        Path(os.path.abspath(f)).relative_to(os.path.abspath(folder))
-        return True
-    except ValueError:
-        return False
-
-
-def _looks_like_output(f: Path, root: Path, output: Path | None, suffix: str) -> bool:
-    """Whether ``f``, found by scanning ``root``, is an earlier output of this same command:
-    inside an output folder nested in ``root``, or named ``*<suffix>`` when writing next to
-    the inputs (so a second run does not upscale the first run's results)."""
-    if output is None:
-        return False
-    if _norm(output) == _norm(root):
-        return bool(suffix) and f.stem.endswith(suffix)
-    return _inside(output, root) and _inside(f, output)
-
-
-def collect_inputs(inputs, recursive: bool = False, output: str | os.PathLike | None = None,
-                   suffix: str = "") -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
-    """Expand files, folders and globs -> ([(file, path relative to its output folder)],
-    [(input, problem)]). Folders and globs keep image extensions only; ``recursive`` descends
-    into sub-folders (and lets ``**`` in globs match them), mirrored in the output folder.
-    Earlier outputs of the same command (see ``_looks_like_output``) are left out of folders
-    and globs; files named explicitly are always taken."""
-    found, missing, seen = [], [], set()
-    output = Path(output) if output is not None else None
-
-    def add(f: Path, rel: Path):
-        key = os.path.normcase(os.path.abspath(f))
-        if key not in seen:
-            seen.add(key)
-            found.append((f, rel))
-
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            files = sorted(f for f in (p.rglob("*") if recursive else p.iterdir())
-                           if f.is_file() and _is_image_name(f) and not f.name.startswith(".")
-                           and not _looks_like_output(f, p, output, suffix))
-            if not files:
-                missing.append((str(item), f"no images ({', '.join(IMAGE_EXTS)}) in this folder"
-                                + ("" if recursive else " (use --recursive for sub-folders)")))
-            for f in files:
-                add(f, f.relative_to(p))
-        elif p.is_file():
-            add(p, Path(p.name))
-        elif _GLOB_CHARS & set(str(item)):
-            matches = sorted(Path(m) for m in glob.glob(str(item), recursive=recursive))
-            files = [m for m in matches if m.is_file() and _is_image_name(m)
-                     and not _looks_like_output(m, m.parent, output, suffix)]
-            if not files:
-                missing.append((str(item), "no image files match this pattern"))
-            for f in files:
-                add(f, Path(f.name))
-        else:
-            missing.append((str(item), "no such file or folder"))
-    return found, missing
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def _norm(p: Path) -> str:
-    return os.path.normcase(os.path.abspath(p))
-
-
-def plan_outputs(found: list[tuple[Path, Path]], output="results", suffix: str = "_x4",
-                 ext: str = "auto") -> list[Job]:
-    """Output path of each input: ``output/<relative folder>/<stem><suffix><ext>``; ``output``
-    with an image extension names the file itself (one input only)."""
-    out = Path(output)
-    if ext != "auto":
-        ext = "." + ext.lower().lstrip(".")
-        if ext not in IMAGE_EXTS:
-            raise ConfigError(f"--ext must be auto or one of "
-                              f"{', '.join(e[1:] for e in IMAGE_EXTS)}, got {ext[1:]!r}")
-    if _is_image_name(out) and not out.is_dir():
-        if len(found) > 1:
-            raise ConfigError(f"-o {output} names one file, but there are {len(found)} inputs; "
-                              "give a folder")
-        return [Job(f, out) for f, _ in found]
-    jobs = []
-    for f, rel in found:
-        e = ext if ext != "auto" else (f.suffix.lower() if _is_image_name(f) else ".png")
-        e = f.suffix.lower() if is_video(f) else e  # --ext is for images
-        jobs.append(Job(f, out / rel.parent / f"{f.stem}{suffix}{e}"))
-    return jobs
-
-
-def upscale_files(inputs, output="results", upscaler: Upscaler | None = None, *,
-                  suffix: str | None = None, ext: str = "auto", overwrite: bool = False,
-                  skip_existing: bool = False, recursive: bool = False,
-                  max_pixels: int | None = DEFAULT_MAX_PIXELS, compare: bool = False,
-                  progress: bool = True, log=None, codec: str = "h264", crf: int | None = None,
-                  **upscaler_kwargs) -> BatchResult:
-    """Upscale files, folders and globs into ``output`` (see ``bsrn upscale --help``).
-
-    Inputs are never overwritten unless ``overwrite``; existing outputs are replaced unless
-    ``skip_existing``. A file that cannot be read or written is reported (one line through
-    ``log``) and the batch goes on; the result lists it under ``failed``. Videos are
-    upscaled by ``bsrn.video.upscale_video`` with ``codec`` and ``crf``.
-    """
-    if overwrite and skip_existing:
-        raise ConfigError("choose either --overwrite or --skip-existing, not both")
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    if log is None:
-        def log(msg):
-            from tqdm import tqdm
-
-            tqdm.write(msg, file=sys.stderr)
-    t0 = time.perf_counter()
-    if upscaler is None:
-        upscaler = Upscaler(**upscaler_kwargs)
-    if suffix is None:
-        suffix = f"_x{upscaler.scale:g}"
-    out_dir = None if _is_image_name(Path(output)) and not Path(output).is_dir() else output
-    found, missing = collect_inputs(inputs, recursive=recursive, output=out_dir, suffix=suffix)
-    if not found and missing:
-        if len(missing) == 1:
-            raise ImageError(f"{missing[0][0]}: {missing[0][1]}")
-        raise ImageError(f"no images found in {len(missing)} inputs "
-                         f"({', '.join(m for m, _ in missing[:4])}...)")
-    jobs = plan_outputs(found, output, suffix, ext)
-    result = BatchResult(scale=upscaler.scale)
-    for item, problem in missing:
-        result.failed.append((item, problem))
-        log(f"bsrn upscale: error: {item}: {problem}")
-    sources = {_norm(j.src) for j in jobs}
-    claimed: dict[str, Path] = {}
-
-    from tqdm import tqdm
-
-    for job in tqdm(jobs, desc="upscale", unit="img", disable=not progress, file=sys.stderr,
-                    dynamic_ncols=True):
-        problem = None
-        key = _norm(job.dst)
-        if key in claimed:
-            problem = f"output {job.dst} is also the output of {claimed[key]}; use --ext or -o"
-        elif (key in sources or _same_file(job.src, job.dst)) and not overwrite:
-            problem = (f"output {job.dst} would overwrite an input; pass --overwrite to replace "
-                       "it, or choose another -o/--suffix")
-        if problem:
-            result.failed.append((str(job.src), problem))
-            log(f"bsrn upscale: error: {job.src}: {problem}")
-            continue
-        claimed[key] = job.src
-        if skip_existing and job.dst.exists():
-            result.skipped.append(job.dst)
-            continue
-        try:
-            if is_video(job.src):
-                if not is_video(job.dst):
-                    raise ConfigError(f"{job.src}: a video needs a video output name or a "
-                                      f"folder, not {job.dst}")
-                v = upscale_video(job.src, job.dst, upscaler, codec=codec, crf=crf,
-                                  progress=progress)
-                result.written.append(v.path)
-                result.videos += 1
-                result.frames += v.frames
-                result.in_pixels += v.frames * v.in_size[0] * v.in_size[1]
-                result.out_pixels += v.frames * v.out_size[0] * v.out_size[1]
-                continue
-            pic, out, written = upscaler.upscale_file(job.src, job.dst, max_pixels=max_pixels,
-                                                      compare=compare)
-        except (BsrnError, OSError, MemoryError, RuntimeError) as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            if not isinstance(e, BsrnError):
-                msg = f"{job.src}: {type(e).__name__}: {msg}"
-            result.failed.append((str(job.src), msg))
-            log(f"bsrn upscale: error: {msg}")
-            continue
-        result.written.append(written)
-        if compare:
-            result.extra.append(side_by_side_path(written))
-        result.in_pixels += pic.pixels.shape[0] * pic.pixels.shape[1]
-        result.out_pixels += out.pixels.shape[0] * out.pixels.shape[1]
-    result.seconds = time.perf_counter() - t0
-    return result
+        return getattr(batch, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
