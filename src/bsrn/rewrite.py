@@ -381,7 +381,9 @@ def optimize(model: nn.Module, device: str | torch.device = "cpu", rewrites=None
             _fold_replication(fast)
         if "dense" in rewrites:
             decisions = _fuse_dense(fast, fuse, device, tuple(sample_size))
-        acts = _fuse_acts(fast) if "act" in rewrites and device.type == "cpu" else []
+        # (under torch.compile Inductor fuses activations itself and cannot trace these kernels)
+        acts = _fuse_acts(fast) if "act" in rewrites and device.type == "cpu" and not compile \
+            else []
         if "matmul" in rewrites:
             _to_matmul(fast)
     fast.requires_grad_(False)
