@@ -85,9 +85,12 @@ def main(argv=None):
     ap.add_argument("--images", type=int, default=100, help="synthesised pairs")
     ap.add_argument("--lr-size", default="339x510", help="LR HxW of the synthesised pairs")
     ap.add_argument("--paths", default=",".join(PATHS), help="comma list of paths to run")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads")
     ap.add_argument("--json", default=None)
     ap.add_argument("--md", default=None)
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = False                   # as the challenge ran it
     model = bsrn.load_model(args.weights, device=device).eval()

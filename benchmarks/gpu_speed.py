@@ -173,13 +173,17 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--only", default="", help="comma list of variants (default: all)")
-    ap.add_argument("--skip", default="", help="comma list of variants to leave out")
+    ap.add_argument("--skip", action="append", default=[],
+                    help="comma list of variants to leave out (repeatable)")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads")
     ap.add_argument("--json", default=None)
     ap.add_argument("--md", default=None)
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    names = [n for n in (args.only.split(",") if args.only else VARIANTS)
-             if n and n not in args.skip.split(",")]
+    skip = {n for item in args.skip for n in item.split(",")}
+    names = [n for n in (args.only.split(",") if args.only else VARIANTS) if n and n not in skip]
     unknown = set(names) - set(VARIANTS)
     if unknown:
         raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")

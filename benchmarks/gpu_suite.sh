@@ -109,9 +109,9 @@ EOF
 cat "$OUT/env.json" 2>/dev/null; echo
 
 if [ "$DRY" = 1 ]; then
-  SPEED=(--device cpu --sizes 16x24 --reps 2 --warmup 1 --skip compiled)
-  NTIRE=(--device cpu --images 3 --lr-size 12x16)
-  TRAIN=(--device cpu --batch 2 --patch 16 --iters 1 --reps 1 --warmup 1 --loaders "")
+  SPEED=(--device cpu --threads 1 --sizes 16x24 --reps 2 --warmup 1 --skip compiled)
+  NTIRE=(--device cpu --threads 1 --images 3 --lr-size 12x16)
+  TRAIN=(--device cpu --threads 1 --batch 2 --patch 16 --iters 1 --reps 1 --warmup 1 --loaders "")
   L_TEST=600; L_SPEED=900; L_NTIRE=600; L_TRAIN=300; L_TRT=120
 else
   SPEED=(--device cuda --sizes 180x320,339x510 --reps 20 --warmup 3)
