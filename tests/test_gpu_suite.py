@@ -24,7 +24,8 @@ def test_dry_run_writes_every_part(tmp_path):
                           capture_output=True, text=True, timeout=900)
     summary = json.loads((tmp_path / "summary.json").read_text())
     status = {p["part"]: p["status"] for p in summary["parts"]}
-    assert status == dict.fromkeys(["cuda_tests", "speed", "ntire", "train", "tensorrt"], "ok"), \
+    assert status == dict.fromkeys(["cuda_tests", "speed", "ntire", "train", "compiled",
+                                          "tensorrt"], "ok"), \
         proc.stdout[-3000:]
     assert proc.returncode == 0
     speed = json.loads((tmp_path / "speed.json").read_text())
