@@ -117,7 +117,7 @@ else
   SPEED=(--device cuda --sizes 180x320,339x510 --reps 20 --warmup 3)
   NTIRE=(--device cuda --images 100)
   TRAIN=(--device cuda --iters 10 --reps 3 --warmup 2 --loaders "")
-  L_TEST=100; L_SPEED=90; L_NTIRE=120; L_TRAIN=40; L_COMPILE=60; L_TRT=60
+  L_TEST=100; L_SPEED=90; L_NTIRE=120; L_TRAIN=40; L_COMPILE=90; L_TRT=120
 fi
 
 # 1. tests marked cuda
