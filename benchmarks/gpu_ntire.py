@@ -140,7 +140,8 @@ def main(argv=None):
 def to_markdown(res) -> str:
     lines = [f"NTIRE 2022 runtime protocol, BSRN x4 ({res['weights']}) on {res['device_name']}, "
              f"torch {res['torch']}; data: {res['data']}. Batch 1, whole image, each forward "
-             "timed alone (CUDA events), one warm-up call per path, cudnn.benchmark off.", "",
+             "timed alone (CUDA events on a GPU), one warm-up call per LR shape and path, "
+             "cudnn.benchmark off.", "",
              "| path | mean ms / image | vs plain eager fp32 | RGB PSNR |", "|---|---|---|---|"]
     for p in res["paths"].values():
         if "skipped" in p:

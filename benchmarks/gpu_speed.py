@@ -36,7 +36,7 @@ from bsrn.timing import time_interleaved  # noqa: E402
 
 VARIANTS = ("eager", "eager_tf32", "fast", "compiled", "graphs", "fp16", "bf16", "fp16_graphs",
             "ort_cuda", "tensorrt")
-LABELS = {"eager": "plain eager fp32 (baseline)", "eager_tf32": "eager, PyTorch defaults (TF32)",
+LABELS = {"eager": "plain eager fp32 (baseline)", "eager_tf32": "eager, PyTorch default flags (cuDNN TF32 on)",
           "fast": "fast path fp32 (bsrn.optimize)", "compiled": "fast path + torch.compile",
           "graphs": "fast path + CUDA graphs", "fp16": "fast path fp16 autocast",
           "bf16": "fast path bf16 autocast", "fp16_graphs": "fast path fp16 + CUDA graphs",
