@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -34,8 +33,9 @@ def main(argv=None) -> int:
     from bsrn.evaluate import list_images
     from bsrn.image_io import read_rgb_uint8
     from bsrn.metrics import psnr, tensor_to_uint8, uint8_to_tensor
-    from bsrn.optimize import optimize
     from bsrn.precision import resolve_device, run
+    from bsrn.rewrite import optimize
+    from bsrn.timing import time_call
 
     device = resolve_device(args.device)
     root = SHARED / "datasets" / args.dataset
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
         return 2
     model = load_model(OFFICIAL, device=device)
     precisions = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
-    fast = {p: optimize(model, device, p) for p in precisions}
+    fast = optimize(model, device)
     res = {p: {"psnr": [], "vs32": [], "retry": 0, "sec": 0.0} for p in precisions}
     for hr_path in list_images(root / "HR"):
         hr = read_rgb_uint8(hr_path)
@@ -53,11 +53,10 @@ def main(argv=None) -> int:
         hr = hr[: lr.shape[0] * 4, : lr.shape[1] * 4]
         ref = None
         for p in precisions:
-            t0 = time.perf_counter()
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                y = run(fast[p], x, p, device)
-            res[p]["sec"] += time.perf_counter() - t0
+                y, ms = time_call(lambda: run(fast, x, p, device), device)
+            res[p]["sec"] += ms / 1e3
             res[p]["retry"] += sum("non-finite" in str(w.message) for w in caught)
             if ref is None:
                 ref = y

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from bsrn.models import create_model  # noqa: E402
+from bsrn.timing import time_call  # noqa: E402
 
 
 def make_step(device, batch, patch, scale, fast, amp, compile_):
@@ -54,14 +55,9 @@ def make_step(device, batch, patch, scale, fast, amp, compile_):
 
 
 def timed(step, iters, device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(iters):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return iters / (time.perf_counter() - t)
+    """Iterations/s of ``iters`` steps, timed as one call (CUDA events + synchronize on GPU)."""
+    _, ms = time_call(lambda: [step() for _ in range(iters)], device)
+    return iters / (ms / 1e3)
 
 
 def loader_rates(device, batch, patch, scale, data, workers, steps):

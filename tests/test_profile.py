@@ -16,7 +16,7 @@ from torch import nn
 from bsrn.cli import main
 from bsrn.models import BSConvU, create_model
 from bsrn.profile import (count_ops, count_params, estimate_peak_memory, flop_counter_macs,
-                          paper_input_hw, parse_hw, profile_model, time_forward)
+                          paper_input_hw, parse_hw, profile_model)
 
 
 class Wrap(nn.Module):
@@ -153,14 +153,6 @@ def test_peak_memory_of_a_chain():
     x, a, b = 3 * 100 * 4, 8 * 100 * 4, 4 * 100 * 4         # fp32 bytes at 10x10
     # While the second conv writes b, its input a and the caller's x are still alive.
     assert estimate_peak_memory(net, (10, 10)) == weights + x + a + b
-
-
-def test_time_forward_statistics():
-    net = Wrap(nn.Conv2d(3, 3, 3, padding=1))
-    r = time_forward(net, torch.rand(1, 3, 16, 16), repeat=7, warmup=2)
-    assert r.repeat == 7 and r.warmup == 2 and r.timer == "perf_counter"
-    assert 0 < r.min <= r.median <= r.p90 and r.min <= r.mean
-    assert r.first is not None and r.first > 0
 
 
 def test_paper_input_sizes():

@@ -470,8 +470,9 @@ def _run_bench_ntire(args):
 
     from .atomic import write_json
     from .errors import BsrnError
+    from .ntire import format_ntire, ntire_report
     from .precision import resolve_device
-    from .profile import format_ntire, ntire_report, resolve_model
+    from .profile import resolve_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -65,6 +65,44 @@ def has_lr_files(dataset: str | os.PathLike, scale: int) -> bool:
     return (Path(dataset) / "LR_bicubic" / f"X{scale}").is_dir()
 
 
+#: (HR, LR) sub-folders of a benchmark folder: the EDSR pack, then DIV2K's valid and test sets.
+PAIR_LAYOUTS = (("HR", "LR_bicubic/X{s}"), ("DIV2K_valid_HR", "DIV2K_valid_LR_bicubic/X{s}"),
+                ("DIV2K_test_HR", "DIV2K_test_LR_bicubic/X{s}"))
+
+
+def pair_dirs(dataset: str | os.PathLike, scale: int) -> tuple[Path, Path] | None:
+    """(HR folder, LR folder) of a benchmark folder in one of :data:`PAIR_LAYOUTS`, or None."""
+    d = Path(dataset)
+    for h, lo in PAIR_LAYOUTS:
+        if (d / h).is_dir() and (d / lo.format(s=scale)).is_dir():
+            return d / h, d / lo.format(s=scale)
+    return None
+
+
+def find_lr(lr_dir: str | os.PathLike, hr_path: Path, scale: int) -> Path | None:
+    """The LR file of one HR image: ``<name>x{s}<ext>``, ``<name>x{s}.png`` or ``<name><ext>``."""
+    lr_dir = Path(lr_dir)
+    for cand in (lr_dir / f"{hr_path.stem}x{scale}{hr_path.suffix}",
+                 lr_dir / f"{hr_path.stem}x{scale}.png", lr_dir / hr_path.name):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def benchmark_pairs(hr: str | os.PathLike, lr: str | os.PathLike,
+                    scale: int) -> list[tuple[str, Path, Path]]:
+    """(name, HR path, LR path) for every HR image of ``hr`` with its LR file in ``lr``."""
+    pairs = []
+    for p in list_images(hr):
+        cand = find_lr(lr, p, scale)
+        if cand is None:
+            raise BsrnError(f"{p}: no LR file {p.stem}x{scale}.png in {lr}")
+        pairs.append((p.stem, p, cand))
+    if not pairs:
+        raise BsrnError(f"{hr}: no images found")
+    return pairs
+
+
 def load_pair(dataset, hr_path: Path, scale: int, lr_source: str):
     """(HR modcropped to the scale, LR uint8) for one benchmark image."""
     hr = modcrop(read_rgb_uint8(hr_path), scale)
