@@ -16,8 +16,9 @@
 3. ``upscale_files`` runs the plan: ``skip_existing`` checks the exact planned paths, each file
    is written atomically to exactly its planned path, and one file's failure is one line while
    the batch goes on. Videos go to ``bsrn.video.upscale_video``, which writes a hidden
-   ``.<name>.partial<ext>`` and renames it: hidden files are never inputs of a folder scan, and a
-   partial file is never an existing output for ``skip_existing``.
+   ``.<name>.partial<ext>`` and renames it: the plan claims that path too (never an input, never
+   another job's output), folder scans and globs leave hidden files out, and ``skip_existing``
+   looks at the finished name only, so a killed run's partial file is redone.
 
 Output names: ``<output>/<relative folder>/<stem><suffix><ext>``. With ``ext="auto"`` the input's
 extension is kept when bsrn can write it, else that of its format (``.jfif`` -> ``.jpg``), else
@@ -41,7 +42,7 @@ from .image_io import (ANIMATED_EXTS, DEFAULT_MAX_PIXELS, IMAGE_EXTS, Animation,
                        Picture, ext_of_format, probe_image, read_animation, read_exts,
                        read_image, stores_alpha, write_animation, write_image)
 from .upscale import DEFAULT_SCALE, Upscaler, side_by_side_path, write_side_by_side
-from .video import VIDEO_EXTS, is_video, upscale_video
+from .video import VIDEO_EXTS, is_video, partial_path, upscale_video
 
 _GLOB_CHARS = set("*?[")
 
@@ -59,6 +60,11 @@ class Job:
     @property
     def outputs(self) -> list[Path]:
         return [self.dst] + ([self.side_by_side] if self.side_by_side else [])
+
+    @property
+    def writes(self) -> list[Path]:
+        """Every path the job creates: its outputs and, for a video, its partial file."""
+        return self.outputs + ([partial_path(self.dst)] if is_video(self.src) else [])
 
 
 @dataclass
@@ -203,10 +209,9 @@ def scan_folder(folder: Path, recursive: bool = False, output: Path | None = Non
 def collect_inputs(inputs, recursive: bool = False, output: str | os.PathLike | None = None,
                    suffix: str = "") -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
     """Expand files, folders and globs -> ([(file, path relative to its output folder)],
-    [(input, problem)]). Folders and globs keep image files (every readable format) and videos,
-    and report
-    unreadable entries; ``recursive`` descends into sub-folders (and lets ``**`` in globs match
-    them), mirrored in the output folder. Earlier outputs of the same command (see
+    [(input, problem)]). Folders and globs keep image files (every readable format) and videos
+    and report unreadable entries; ``recursive`` descends into sub-folders (and lets ``**`` in
+    globs match them), mirrored in the output folder. Earlier outputs of the same command (see
     ``_looks_like_output``) are left out of folders and globs; files named explicitly are
     always taken."""
     found, problems, seen = [], [], set()
@@ -299,11 +304,10 @@ def plan_outputs(found: list[tuple[Path, Path]], output="results", suffix: str =
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, probe=probe_image) -> Plan:
     """Decide every output path of the batch (see the module docstring) before any write.
 
-    ``output`` with an image or video extension names the file itself (one input only, of
-    the same kind). Inputs whose
-    header cannot be read, and inputs in a conflict, go to ``Plan.failed`` with one line
-    each; no two jobs share an output path and no output path is an input (its own input
-    only when ``overwrite``)."""
+    ``output`` with an image or video extension names the file itself (one input only, of the
+    same kind). Inputs whose header cannot be read, and inputs in a conflict, go to
+    ``Plan.failed`` with one line each; no two jobs share an output path (a video's partial
+    file included) and no output path is an input (its own input only when ``overwrite``)."""
     out = Path(output)
     ext = check_ext(ext)
     if any(s in suffix for s in (os.sep, os.altsep or os.sep, "\0")):
@@ -348,7 +352,7 @@ def plan_outputs(found: list[tuple[Path, Path]], output="results", suffix: str =
 
     claims: dict[str, list[tuple[Job, Path]]] = {}
     for job in jobs:
-        for path in job.outputs:
+        for path in job.writes:
             claims.setdefault(_key(path), []).append((job, path))
     problems: dict[int, str] = {}
     for key, owners in claims.items():
