@@ -90,6 +90,22 @@ def test_unknown_model_name_is_one_line(tmp_path, capsys, name, why):
     assert not (tmp_path / "o").exists()
 
 
+def test_model_name_finds_the_user_weights_folder(tmp_path, capsys, monkeypatch,
+                                                  tiny_x2_weights):
+    from bsrn.weights_folder import add_weights
+
+    monkeypatch.setenv("BSRN_HOME", str(tmp_path / "home"))
+    add_weights(tiny_x2_weights, name="my-x2", progress=False)
+    src = save(tmp_path / "in" / "p.png")
+    rc, out, err = run(capsys, "-i", tmp_path / "in", "-o", tmp_path / "o", "-n", "my-x2")
+    assert rc == 0, err
+    with Image.open(tmp_path / "o" / "p_out.png") as im:
+        assert im.size == (2 * 16, 2 * 20)
+    assert src.exists()
+    rc, _, err = run(capsys, "-i", src, "-o", tmp_path / "o2", "-n", "other")
+    assert rc == 1 and "my-x2" in err  # listed among the known names
+
+
 def test_conflicting_flags(tmp_path, capsys, tiny_x2_weights):
     src = save(tmp_path / "p.png")
     rc, _, err = run(capsys, "-i", src, "--model_path", tiny_x2_weights, "--weights",

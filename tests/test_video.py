@@ -316,3 +316,49 @@ def test_ten_bit_video_stays_ten_bit(tmp_path, tiny_x2_weights):
     assert b["n"] == 4 and b["size"] == (72, 96)
     with av.open(str(dst)) as c:
         assert next(c.decode(video=0)).format.name == "yuv420p10le"
+
+
+# ----------------------------------------------------------------------------- the output plan
+def test_plan_videos_keep_their_container_and_need_a_video_name(tmp_path):
+    from bsrn.batch import collect_inputs, plan_outputs
+
+    src = tmp_path / "in"
+    make_clip(src / "clip.MKV", n=2, audio=False)
+    (src / ".clip_x2.partial.mp4").write_bytes(b"left by a killed run")  # hidden: no input
+    found, problems = collect_inputs([src], output=tmp_path / "out", suffix="_x2")
+    assert [f.name for f, _ in found] == ["clip.MKV"] and not problems
+    plan = plan_outputs(found, tmp_path / "out", "_x2", ext="jpg")
+    assert [j.dst.name for j in plan.jobs] == ["clip_x2.mkv"] and not plan.failed
+    assert plan_outputs(found, tmp_path / "o.webm", "_x2").jobs[0].dst == tmp_path / "o.webm"
+    plan = plan_outputs(found, tmp_path / "o.png", "_x2")
+    assert not plan.jobs and "a video needs a video output name" in plan.failed[0][1]
+    png = tmp_path / "still.png"
+    png.write_bytes(b"")
+    plan = plan_outputs([(png, Path(png.name))], tmp_path / "o.mp4", "_x2",
+                        probe=lambda *a: pytest.fail("an image bound for a video name"))
+    assert not plan.jobs and "names a video" in plan.failed[0][1]
+
+
+def test_an_input_where_a_partial_file_would_go_is_refused_and_kept(tmp_path, capsys,
+                                                                     tiny_x2_weights):
+    clip = make_clip(tmp_path / "clip.mp4", n=2, audio=False)
+    user = partial_path(tmp_path / "clip_x2.mp4")
+    user.write_bytes(b"the user's own file")
+    rc, out, err = upscale_cli(capsys, tiny_x2_weights, clip, user, "-o", tmp_path)
+    assert rc == 1 and user.read_bytes() == b"the user's own file"
+    assert f"{clip}: output {user} would overwrite the input {user}" in err
+    assert not (tmp_path / "clip_x2.mp4").exists() and "Traceback" not in err
+
+
+def test_skip_existing_skips_a_finished_video_only(tmp_path, capsys, tiny_x2_weights):
+    clip = make_clip(tmp_path / "in" / "clip.mp4", n=3, audio=False)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    partial_path(out_dir / "clip_x2.mp4").write_bytes(b"killed")
+    rc, out, err = upscale_cli(capsys, tiny_x2_weights, clip, "-o", out_dir, "--skip-existing")
+    assert rc == 0 and "1 video (3 frames) upscaled" in out, err
+    assert sorted(p.name for p in out_dir.iterdir()) == ["clip_x2.mp4"]
+    mtime = (out_dir / "clip_x2.mp4").stat().st_mtime_ns
+    rc, out, err = upscale_cli(capsys, tiny_x2_weights, clip, "-o", out_dir, "--skip-existing")
+    assert rc == 0 and "1 skipped" in out and "0 images upscaled" in out, err
+    assert (out_dir / "clip_x2.mp4").stat().st_mtime_ns == mtime

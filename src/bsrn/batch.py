@@ -10,9 +10,15 @@
    - two inputs whose outputs would be one path (``pic.bmp`` and ``pic.png`` -> ``pic_x4.png``);
    - an output that is an input (its own only with ``overwrite``; another input's never).
 
+   Videos (``bsrn.video.VIDEO_EXTS``) are planned by name: an output video keeps its input's
+   extension (``--ext`` is for images), and a single-file ``-o`` for a video must be a video name.
+
 3. ``upscale_files`` runs the plan: ``skip_existing`` checks the exact planned paths, each file
    is written atomically to exactly its planned path, and one file's failure is one line while
-   the batch goes on.
+   the batch goes on. Videos go to ``bsrn.video.upscale_video``, which writes a hidden
+   ``.<name>.partial<ext>`` and renames it: the plan claims that path too (never an input, never
+   another job's output), folder scans and globs leave hidden files out, and ``skip_existing``
+   looks at the finished name only, so a killed run's partial file is redone.
 
 Output names: ``<output>/<relative folder>/<stem><suffix><ext>``. With ``ext="auto"`` the input's
 extension is kept when bsrn can write it, else that of its format (``.jfif`` -> ``.jpg``), else
@@ -36,6 +42,7 @@ from .image_io import (ANIMATED_EXTS, DEFAULT_MAX_PIXELS, IMAGE_EXTS, Animation,
                        Picture, ext_of_format, probe_image, read_animation, read_exts,
                        read_image, stores_alpha, write_animation, write_image)
 from .upscale import DEFAULT_SCALE, Upscaler, side_by_side_path, write_side_by_side
+from .video import VIDEO_EXTS, is_video, partial_path, upscale_video
 
 _GLOB_CHARS = set("*?[")
 
@@ -53,6 +60,11 @@ class Job:
     @property
     def outputs(self) -> list[Path]:
         return [self.dst] + ([self.side_by_side] if self.side_by_side else [])
+
+    @property
+    def writes(self) -> list[Path]:
+        """Every path the job creates: its outputs and, for a video, its partial file."""
+        return self.outputs + ([partial_path(self.dst)] if is_video(self.src) else [])
 
 
 @dataclass
@@ -75,14 +87,20 @@ class BatchResult:
     seconds: float = 0.0
     scale: float = DEFAULT_SCALE
     extra: list[Path] = field(default_factory=list)
+    videos: int = 0
+    frames: int = 0
 
     @property
     def ok(self) -> bool:
         return not self.failed
 
     def summary(self) -> str:
-        n = len(self.written)
-        s = (f"{n} image{'s' if n != 1 else ''} upscaled x{self.scale:g} "
+        n = len(self.written) - self.videos
+        v = self.videos
+        s = ((f"{v} video{'s' if v != 1 else ''} ({self.frames} frames)" if v else "")
+             + (" and " if v and n else "") + (f"{n} image{'s' if n != 1 else ''}" if n or not v
+                                               else "")
+             + f" upscaled x{self.scale:g} "
              f"({self.in_pixels / 1e6:.2f} MP -> {self.out_pixels / 1e6:.2f} MP) "
              f"in {self.seconds:.1f} s")
         if self.skipped:
@@ -155,7 +173,7 @@ def scan_folder(folder: Path, recursive: bool = False, output: Path | None = Non
                 suffix: str = "") -> tuple[list[Path], list[tuple[str, str]]]:
     """Image files in ``folder`` (sub-folders too when ``recursive``, following links to
     folders once) and [(entry, problem)] for every entry that cannot be read."""
-    exts = set(read_exts())
+    exts = set(read_exts()) | set(VIDEO_EXTS)
     files, problems = [], []
     seen_dirs: set[str] = set()
 
@@ -191,14 +209,14 @@ def scan_folder(folder: Path, recursive: bool = False, output: Path | None = Non
 def collect_inputs(inputs, recursive: bool = False, output: str | os.PathLike | None = None,
                    suffix: str = "") -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
     """Expand files, folders and globs -> ([(file, path relative to its output folder)],
-    [(input, problem)]). Folders and globs keep image files (every readable format) and report
-    unreadable entries; ``recursive`` descends into sub-folders (and lets ``**`` in globs match
-    them), mirrored in the output folder. Earlier outputs of the same command (see
+    [(input, problem)]). Folders and globs keep image files (every readable format) and videos
+    and report unreadable entries; ``recursive`` descends into sub-folders (and lets ``**`` in
+    globs match them), mirrored in the output folder. Earlier outputs of the same command (see
     ``_looks_like_output``) are left out of folders and globs; files named explicitly are
     always taken."""
     found, problems, seen = [], [], set()
     output = Path(output) if output is not None else None
-    exts = set(read_exts())
+    exts = set(read_exts()) | set(VIDEO_EXTS)
 
     def add(f: Path, rel: Path):  # one file reached twice (named, scanned, a linked folder)
         key = (os.path.normcase(os.path.realpath(f)), rel)
@@ -253,7 +271,7 @@ def check_ext(ext: str) -> str:
 
 
 def _names_file(output: Path) -> bool:
-    return output.suffix.lower() in IMAGE_EXTS and not output.is_dir()
+    return (output.suffix.lower() in IMAGE_EXTS or is_video(output)) and not output.is_dir()
 
 
 def output_ext(src: Path, info: ImageInfo, ext: str) -> str:
@@ -286,10 +304,10 @@ def plan_outputs(found: list[tuple[Path, Path]], output="results", suffix: str =
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, probe=probe_image) -> Plan:
     """Decide every output path of the batch (see the module docstring) before any write.
 
-    ``output`` with an image extension names the file itself (one input only). Inputs whose
-    header cannot be read, and inputs in a conflict, go to ``Plan.failed`` with one line
-    each; no two jobs share an output path and no output path is an input (its own input
-    only when ``overwrite``)."""
+    ``output`` with an image or video extension names the file itself (one input only, of the
+    same kind). Inputs whose header cannot be read, and inputs in a conflict, go to
+    ``Plan.failed`` with one line each; no two jobs share an output path (a video's partial
+    file included) and no output path is an input (its own input only when ``overwrite``)."""
     out = Path(output)
     ext = check_ext(ext)
     if any(s in suffix for s in (os.sep, os.altsep or os.sep, "\0")):
@@ -308,6 +326,19 @@ def plan_outputs(found: list[tuple[Path, Path]], output="results", suffix: str =
             inodes.setdefault(_inode(f), f)
     jobs = []
     for f, rel in found:
+        if is_video(f):  # read by upscale_video; keeps its own container
+            if single and not is_video(out):
+                plan.failed.append((str(f), _line(f, f"a video needs a video output name "
+                                                     f"({', '.join(VIDEO_EXTS)}) or a folder, "
+                                                     f"not -o {output}")))
+                continue
+            dst = out if single else out / rel.parent / f"{f.stem}{suffix}{f.suffix.lower()}"
+            jobs.append(Job(f, dst))
+            continue
+        if single and is_video(out):
+            plan.failed.append((str(f), _line(f, f"-o {output} names a video; an image needs "
+                                                 "an image name or a folder")))
+            continue
         try:
             info = probe(f, max_pixels)
         except BsrnError as e:
@@ -321,7 +352,7 @@ def plan_outputs(found: list[tuple[Path, Path]], output="results", suffix: str =
 
     claims: dict[str, list[tuple[Job, Path]]] = {}
     for job in jobs:
-        for path in job.outputs:
+        for path in job.writes:
             claims.setdefault(_key(path), []).append((job, path))
     problems: dict[int, str] = {}
     for key, owners in claims.items():
@@ -416,12 +447,14 @@ def upscale_files(inputs, output="results", upscaler: Upscaler | None = None, *,
                   suffix: str | None = None, ext: str = "auto", overwrite: bool = False,
                   skip_existing: bool = False, recursive: bool = False,
                   max_pixels: int | None = DEFAULT_MAX_PIXELS, compare: bool = False,
-                  progress: bool = True, log=None, **upscaler_kwargs) -> BatchResult:
+                  progress: bool = True, log=None, codec: str = "h264", crf: int | None = None,
+                  **upscaler_kwargs) -> BatchResult:
     """Upscale files, folders and globs into ``output`` (see ``bsrn upscale --help``).
 
     Inputs are never overwritten unless ``overwrite``; existing outputs are replaced unless
     ``skip_existing``. A file that cannot be read or written is reported (one line through
-    ``log``) and the batch goes on; the result lists it under ``failed``.
+    ``log``) and the batch goes on; the result lists it under ``failed``. Videos are
+    upscaled by ``bsrn.video.upscale_video`` with ``codec`` and ``crf``.
     """
     if overwrite and skip_existing:
         raise ConfigError("choose either --overwrite or --skip-existing, not both")
@@ -460,6 +493,15 @@ def upscale_files(inputs, output="results", upscaler: Upscaler | None = None, *,
             result.skipped.append(job.dst)
             continue
         try:
+            if is_video(job.src):
+                v = upscale_video(job.src, job.dst, upscaler, codec=codec, crf=crf,
+                                  progress=progress)
+                result.written.append(job.dst)
+                result.videos += 1
+                result.frames += v.frames
+                result.in_pixels += v.frames * v.in_size[0] * v.in_size[1]
+                result.out_pixels += v.frames * v.out_size[0] * v.out_size[1]
+                continue
             pic, out = _run_job(upscaler, job, max_pixels)
         except (BsrnError, OSError, MemoryError, RuntimeError, ValueError) as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

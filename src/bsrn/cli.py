@@ -221,8 +221,9 @@ def _add_realesrgan_aliases(p):
                    help="input file or folder (same as INPUT; default: inputs, as in "
                         "Real-ESRGAN)")
     g.add_argument("-n", "--model_name", dest="re_model_name", metavar="NAME",
-                   help="a bsrn model name (bsrn-x2, bsrn-x3, bsrn-x4); Real-ESRGAN's own "
-                        "models are not BSRN and are refused")
+                   help="a bsrn model name (bsrn-x2, bsrn-x3, bsrn-x4, or one added by "
+                        "bsrn weights add); Real-ESRGAN's own models are not BSRN and are "
+                        "refused")
     g.add_argument("--model_path", dest="re_model_path", metavar="PATH",
                    help="weights file (same as --weights)")
     g.add_argument("--outscale", dest="re_outscale", type=float, metavar="S",
@@ -254,10 +255,10 @@ def _apply_realesrgan_aliases(args):
     if not args.inputs and not args.sample:
         args.inputs = ["inputs"]  # Real-ESRGAN's default input folder
     if args.re_model_name is not None:
-        from .checkpoint import bundled_weights
+        from .weights_folder import known_weights
 
-        known = ", ".join(bundled_weights()) or "none bundled in this install"
-        if args.re_model_name not in bundled_weights():
+        known = ", ".join(known_weights()) or "none in this install"
+        if args.re_model_name not in known_weights():
             what = ("a Real-ESRGAN model, not BSRN" if args.re_model_name in REALESRGAN_MODELS
                     else "not a bsrn model name")
             raise CheckpointError(f"-n {args.re_model_name}: {what}; bsrn's models: {known} "

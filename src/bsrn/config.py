@@ -196,9 +196,13 @@ class TrainConfig:
 
     def check_paths(self) -> None:
         """Every dataset folder exists (training and validation): checked before any step."""
+        from .data import GENERATE
+
         if not self.data.train:
             raise ConfigError("data.train: no training folder given")
         for entry in self.data.train:
+            if entry == GENERATE:  # synthetic images, made at start
+                continue
             for folder in (entry.values() if isinstance(entry, dict) else [entry]):
                 if not Path(folder).is_dir():
                     raise ConfigError(f"data.train: {folder}: no such folder")
