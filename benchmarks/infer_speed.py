@@ -120,8 +120,9 @@ def measure(variants, x, reps):
 
 
 def main(argv=None) -> int:
-    from bsrn.backends import cpu_name, physical_cores
+    from bsrn.backends import cpu_name, physical_cores, tune_allocator
 
+    tune_allocator()  # what bsrn.Upscaler does on the CPU, here for every variant alike
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, nargs="+", default=None,
                     help="thread counts (default: all physical cores, then 1)")

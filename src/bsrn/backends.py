@@ -70,6 +70,31 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
+_ALLOCATOR_TUNED = False
+
+
+def tune_allocator() -> bool:
+    """Keep freed memory in the process (glibc malloc): allocations up to 32 MiB come from the
+    heap and freed heap memory is not returned to the system, so the next forward reuses pages
+    instead of faulting fresh ones in. Per op, BSRN allocates a feature map of 64 x H x W
+    floats; page faults were ~20 % of a CPU forward at 320x180 with 2 threads. Returns whether
+    it applied (glibc only; once per process). ``malloc_trim`` still releases memory."""
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED:
+        return True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024) == 1
+        ok &= libc.mallopt(m_trim_threshold, 2 ** 31 - 1) == 1  # (a C int)
+    except (OSError, AttributeError):
+        return False
+    _ALLOCATOR_TUNED = ok
+    return ok
+
+
 def installed(name: str) -> bool:
     """Whether the runtime behind backend ``name`` can be imported."""
     if name == "torch":

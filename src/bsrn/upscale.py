@@ -29,7 +29,7 @@ from .checkpoint import bundled_weights, load_model
 from .errors import CheckpointError, ConfigError, ImageError
 from .image_io import (DEFAULT_MAX_PIXELS, Picture, picture_from_pil, read_image, stores_alpha,
                        to_8bit, write_image)
-from .backends import make_backend, physical_cores
+from .backends import make_backend, physical_cores, tune_allocator
 from .precision import resolve_device, resolve_precision
 from .tiling import forward_auto, parse_bytes
 
@@ -134,6 +134,8 @@ class Upscaler:
             raise ConfigError(f"memory budget must be positive, got {memory_budget!r}")
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
+        if self.device.type == "cpu":
+            tune_allocator()
         if weights is None:
             weights = _default_weights(scale or DEFAULT_SCALE)
         if isinstance(weights, torch.nn.Module):

@@ -61,11 +61,13 @@ class ESA(nn.Module):
 def channel_stats(x: torch.Tensor) -> torch.Tensor:
     """CCA's per-channel statistic: population std (no epsilon) + mean over H x W.
 
-    One ``var_mean`` pass in float32 whatever the input dtype, so half precision cannot overflow
-    the spatial sums (the fp16 risk in the official code).
+    Two passes (mean, then mean squared deviation) in float32 whatever the input dtype, so half
+    precision cannot overflow the spatial sums (the fp16 risk in the official code).
+    ``torch.var_mean`` measured 2x slower on the CPU.
     """
-    var, mu = torch.var_mean(x.float(), dim=(2, 3), correction=0, keepdim=True)
-    return var.sqrt() + mu
+    xf = x.float()
+    mu = xf.mean(dim=(2, 3), keepdim=True)
+    return (xf - mu).square_().mean(dim=(2, 3), keepdim=True).sqrt_() + mu
 
 
 class CCA(nn.Module):
