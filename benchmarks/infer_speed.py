@@ -111,8 +111,11 @@ def measure(variants, x, reps):
     with torch.inference_mode():
         for k, fn in variants.items():  # warm-up, and the output for the diff
             outs[k] = fn(x).float()
-        for _ in range(reps):  # interleaved
-            for k, fn in variants.items():
+        names = list(variants)
+        for r in range(reps):  # interleaved, in a rotating order
+            for k in names[r % len(names):] + names[:r % len(names)]:
+                fn = variants[k]
+                time.sleep(0.3)  # let the previous runtime's worker threads stop spinning
                 t0 = time.perf_counter()
                 fn(x)
                 times[k].append(time.perf_counter() - t0)
@@ -126,7 +129,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, nargs="+", default=None,
                     help="thread counts (default: all physical cores, then 1)")
-    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--weights")
     ap.add_argument("--size", default="320x180", help="LR WxH")
     ap.add_argument("--official", default=None, metavar="DIR",
