@@ -147,6 +147,13 @@ def load_model(path: str | os.PathLike, scale: int | None = None, device="cpu") 
     The architecture and hyperparameters come from our metadata when present, otherwise from
     the tensors alone. The model is returned in eval mode; it takes and returns RGB in [0, 1].
     """
+    from .runtimes import is_graph_file, load_graph
+
+    if is_graph_file(path):  # an exported .onnx / OpenVINO .xml: run by its graph runtime
+        model = load_graph(path)
+        if scale is not None and scale != model.scale:
+            raise CheckpointError(f"{path}: model is x{model.scale}, but x{scale} was requested")
+        return model
     path = resolve_weights(path)
     sd, meta = read_checkpoint(path)
     if meta.get("format") == FORMAT:

@@ -146,7 +146,7 @@ class Upscaler:
             warnings.warn(f"the weights are x{self.native_scale}: the remaining "
                           f"x{self.scale / self.native_scale:g} to x{self.scale:g} is MATLAB "
                           "bicubic, not super-resolution", stacklevel=2)
-        if not plain:
+        if not plain and not getattr(model, "is_graph", False):  # graph files run as exported
             model = _optimize(model, device=str(self.device), precision=self.precision,
                               compile=compile)
         self.model = model
