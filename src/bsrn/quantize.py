@@ -14,6 +14,8 @@ in ``keep`` stay fp32 (``nodes_to_exclude`` / NNCF ``IgnoredScope``).
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -202,6 +204,11 @@ def quantize_onnxruntime(fp32_onnx, out, patches=None, keep=(), only=None,
     reader = _Reader(patches) if patches is not None else None
 
     def write(tmp):
+        with _quiet_logging():  # ORT advises "pre-processing" on every call
+            _quantize_static(tmp)
+        _copy_metadata(fp32_onnx, tmp)
+
+    def _quantize_static(tmp):
         quantize_static(str(fp32_onnx), tmp, reader, quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=["Conv"], per_channel=True, reduce_range=False,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -210,12 +217,22 @@ def quantize_onnxruntime(fp32_onnx, out, patches=None, keep=(), only=None,
                         calibration_cache_path=calibration_cache,
                         extra_options={"ActivationSymmetric": False,
                                        "WeightSymmetric": True})
-        _copy_metadata(fp32_onnx, tmp)
 
     atomic_write(out, write)
     return {"path": str(out), "runtime": "onnxruntime", "kept_fp32": list(keep),
             "int8_convs": sum(len(v) for g, v in groups.items() if g not in keep)
             if only is None else len(nodes), "convs": sum(map(len, groups.values()))}
+
+
+@contextlib.contextmanager
+def _quiet_logging():
+    """Hide the quantisers' INFO/WARNING log lines (progress is shown by bsrn's own bars)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 def _copy_metadata(src_onnx, dst_onnx) -> None:
@@ -261,9 +278,10 @@ def quantize_openvino(fp32_onnx, out, patches, keep=()) -> dict:
     advanced = AdvancedQuantizationParameters(
         activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX,
         disable_bias_correction=True)
-    q = nncf.quantize(model, nncf.Dataset(patches), subset_size=len(patches),
-                      preset=nncf.QuantizationPreset.MIXED, ignored_scope=scope,
-                      advanced_parameters=advanced)
+    with _quiet_logging():
+        q = nncf.quantize(model, nncf.Dataset(patches), subset_size=len(patches),
+                          preset=nncf.QuantizationPreset.MIXED, ignored_scope=scope,
+                          advanced_parameters=advanced)
     save_openvino_ir(q, out, int(meta.get("bsrn.scale", 0)), int(meta.get("bsrn.min_size", 1)))
     return {"path": str(out), "runtime": "openvino", "kept_fp32": list(keep),
             "int8_convs": sum(len(v) for g, v in groups.items() if g not in keep),
@@ -296,7 +314,7 @@ def sensitivity_sweep(fp32_onnx, patches, pairs, scale: int, workdir,
     return sorted(rows, key=lambda r: -r["cost_db"])
 
 
-def format_sweep(rows, baseline: float | None = None) -> str:
+def format_sweep(rows) -> str:
     """The sweep as a markdown table."""
     lines = ["| Layer group | Convs | PSNR cost when alone INT8 (dB) |", "|---|---|---|"]
     lines += [f"| {r['group']} | {r['convs']} | {r['cost_db']:.4f} |" for r in rows]
