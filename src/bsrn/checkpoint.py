@@ -225,6 +225,13 @@ def load_model(path: str | os.PathLike, scale: int | None = None, device="cpu") 
     Malformed metadata, a config the tensors do not fit, non-floating or non-finite tensors are
     refused (``CheckpointError``) before the network is allocated.
     """
+    from .runtimes import is_graph_file, load_graph
+
+    if is_graph_file(path):  # an exported .onnx / OpenVINO .xml: run by its graph runtime
+        model = load_graph(path)
+        if scale is not None and scale != model.scale:
+            raise CheckpointError(f"{path}: model is x{model.scale}, but x{scale} was requested")
+        return model
     path = resolve_weights(path)
     sd, meta = read_checkpoint(path)
     check_tensors(sd, path)

@@ -326,15 +326,19 @@ def _run_upscale(args):
 
 def _add_export(sub):
     p = sub.add_parser(
-        "export", help="export weights to ONNX or TorchScript (verified after writing)",
+        "export", help="export weights to ONNX, TorchScript, OpenVINO or ncnn (verified after "
+                       "writing)",
         description="Export a model to ONNX (input 'input', output 'output', NCHW float32 RGB "
                     "in [0, 1], dynamic batch/height/width) or TorchScript, then check the file "
-                    "against PyTorch at several sizes (odd ones and batch 2 included).")
-    p.add_argument("out", metavar="OUT", help="output file (.onnx or .pt)")
+                    "against PyTorch at several sizes (odd ones and batch 2 included). "
+                    "OpenVINO IR (.xml + .bin) and ncnn (.param + .bin, through pnnx) are also "
+                    "run in their own runtimes on a crop of a real photo.")
+    p.add_argument("out", metavar="OUT", help="output file (.onnx, .pt, .xml or .param)")
     p.add_argument("--weights", required=True, metavar="NAME|PATH",
                    help="bundled name (bsrn-x2/3/4) or any weights file")
-    p.add_argument("--format", choices=["onnx", "torchscript"], default=None,
-                   help="default: from OUT's extension (.onnx -> onnx, otherwise torchscript)")
+    p.add_argument("--format", choices=["onnx", "torchscript", "openvino", "ncnn"], default=None,
+                   help="default: from OUT's extension (.onnx -> onnx, .xml -> openvino, "
+                        ".param -> ncnn, otherwise torchscript)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--dynamo", action="store_true",
                    help="use the torch.export-based ONNX exporter (needs --opset >= 18)")
@@ -349,11 +353,17 @@ def _add_export(sub):
 
 
 def _run_export(args):
+    from pathlib import Path
+
     from .checkpoint import load_model, resolve_weights
     from .export import export_onnx, export_torchscript
 
-    fmt = args.format or ("onnx" if str(args.out).lower().endswith(".onnx") else "torchscript")
+    suffix = Path(args.out).suffix.lower()
+    fmt = args.format or {".onnx": "onnx", ".xml": "openvino", ".param": "ncnn"}.get(
+        suffix, "torchscript")
     model = load_model(resolve_weights(args.weights))
+    if fmt in ("openvino", "ncnn"):
+        return _run_export_edge(args, fmt, model)
     if fmt == "onnx":
         opt = True if args.optimize is None else args.optimize
         res = export_onnx(model, args.out, opset=args.opset, optimize=opt, dynamo=args.dynamo,
@@ -370,6 +380,75 @@ def _run_export(args):
         checks = ", ".join(f"{k} {v:.1e}" for k, v in res["max_abs_diff"].items())
         runtime = "onnxruntime CPU" if fmt == "onnx" else "torch.jit.load"
         print(f"verified in {runtime} against PyTorch, max |diff| (NxHxW): {checks}")
+    return 0
+
+
+def _add_quantize(sub):
+    from .quantize import DEFAULT_KEEP, DEFAULT_MAX_GROUP_COST, RUNTIMES
+
+    p = sub.add_parser(
+        "quantize", help="INT8 post-training quantisation for ONNX Runtime or OpenVINO",
+        description="Static INT8 quantisation (per-channel weights) calibrated on LR patches of "
+                    "a folder of HR images (MATLAB bicubic). Convolutions become INT8; the layer "
+                    "groups in --keep stay fp32. --sweep measures each group's PSNR cost alone "
+                    "in INT8 on held-out images of --calib and keeps the costly ones.")
+    p.add_argument("--weights", required=True, metavar="NAME|PATH",
+                   help="bundled name (bsrn-x2/3/4) or any BSRN weights file")
+    p.add_argument("--calib", required=True, metavar="DIR",
+                   help="folder of HR images for calibration (not your test images)")
+    p.add_argument("--images", type=int, default=32,
+                   help="calibration images, the first N of DIR (default 32; 2 patches each)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime",
+                   help="onnxruntime: QDQ .onnx (default); openvino: NNCF IR .xml")
+    p.add_argument("-o", "--out", required=True, metavar="OUT",
+                   help="output .onnx (onnxruntime) or .xml (openvino; .bin beside it)")
+    p.add_argument("--keep", default=None, metavar="GROUP,...",
+                   help=f"layer groups left fp32 (default {','.join(DEFAULT_KEEP)}, or the "
+                        "sweep's choice with --sweep; 'none' quantises every conv)")
+    p.add_argument("--sweep", action="store_true",
+                   help="run and print the per-group sensitivity sweep first")
+    p.add_argument("--sweep-images", type=int, default=4,
+                   help="held-out images of DIR for the sweep (default 4)")
+    p.add_argument("--max-group-cost", type=float, default=DEFAULT_MAX_GROUP_COST,
+                   metavar="DB", help="with --sweep and no --keep: keep groups costing more "
+                                      f"than this alone (default {DEFAULT_MAX_GROUP_COST} dB)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_quantize)
+
+
+def _run_quantize(args):
+    from pathlib import Path
+
+    from .errors import ConfigError
+    from .quantize import format_sweep, quantize
+
+    if Path(args.out).exists() and not args.overwrite:
+        raise ConfigError(f"{args.out}: exists (pass --overwrite to replace it)")
+    keep = None
+    if args.keep is not None:
+        keep = () if args.keep.strip().lower() == "none" else \
+            tuple(g.strip() for g in args.keep.split(",") if g.strip())
+    res = quantize(args.weights, args.calib, args.out, runtime=args.runtime, images=args.images,
+                   keep=keep, sweep=args.sweep, sweep_images=args.sweep_images,
+                   max_group_cost=args.max_group_cost, progress=not args.quiet)
+    if res.sweep:
+        print(format_sweep(res.sweep))
+    print(res.summary())
+    return 0
+
+
+def _run_export_edge(args, fmt, model):
+    from .export import export_ncnn, export_openvino
+
+    export = export_openvino if fmt == "openvino" else export_ncnn
+    res = export(model, args.out, verify=args.verify)
+    what = {"openvino": "OpenVINO IR", "ncnn": "ncnn (pnnx)"}[fmt]
+    print(f"wrote {' + '.join(res['files'])} ({what}, x{model.scale}, inputs >= "
+          f"{getattr(model, 'min_size', 1)} px)")
+    if "max_abs_diff" in res:
+        checks = ", ".join(f"{k} {v:.1e}" for k, v in res["max_abs_diff"].items())
+        print(f"verified in {fmt} (CPU, fp32) against PyTorch, max |diff|: {checks}")
     return 0
 
 
@@ -713,7 +792,8 @@ def _run_serve(args):
 
 
 _ADDERS = [_add_upscale, _add_eval, _add_make_lr, _add_train, _add_plot_log, _add_profile, _add_bench_ntire,
-           _add_plot, _add_ablate, _add_export, _add_models, _add_weights, _add_serve]
+           _add_plot, _add_ablate, _add_export, _add_models, _add_weights, _add_serve,
+           _add_quantize]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,9 @@ freezes.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -249,3 +251,130 @@ def export_stages(model: nn.Module, folder, opset: int = 17) -> dict[str, Path]:
         args = (x,) if name == "head" else (feat, fea) if name == "tail" else (feat,)
         paths[name] = export_graph(mod, args, folder / f"{name}.onnx", names, opset)
     return paths
+
+
+# ----------------------------------------------------------------------------- edge runtimes
+#: The real picture every edge export is also checked on (a crop of the bundled sample photo).
+SAMPLE_PHOTO = Path(__file__).parent / "samples" / "sample.png"
+
+
+def _photo_crop(h: int = 48, w: int = 64) -> torch.Tensor:
+    """(1, 3, h, w) float32 crop of the bundled sample photo, in [0, 1]."""
+    from .image_io import read_rgb_uint8
+    from .metrics import uint8_to_tensor
+
+    return uint8_to_tensor(read_rgb_uint8(SAMPLE_PHOTO)[:h, :w].copy())
+
+
+def verify_runtime(runner: nn.Module, model: nn.Module, name: str, path,
+                   sizes=VERIFY_SIZES) -> dict[str, float]:
+    """Run ``runner`` (a :mod:`bsrn.runtimes` model) on a crop of the sample photo and at
+    ``sizes`` and compare with ``model``; returns {"photo HxW" | "NxHxW": max |diff|}."""
+    inputs = {"photo 48x64": _photo_crop()}
+    for i, (n, h, w) in enumerate(sizes):
+        inputs[f"{n}x{h}x{w}"] = _dummy(model, n, h, w, seed=i)
+    out = {}
+    for key, x in inputs.items():
+        with torch.no_grad():
+            ref = model(x).float()
+            got = runner(x)
+        if tuple(got.shape) != tuple(ref.shape):
+            raise BsrnError(f"{path}: {name} output shape {tuple(got.shape)} for input "
+                            f"{tuple(x.shape)}, expected {tuple(ref.shape)}")
+        out[key] = _check(name, got.numpy(), ref, path)
+    return out
+
+
+def export_openvino(model: nn.Module, path: str | os.PathLike, verify: bool = True,
+                    sizes=VERIFY_SIZES) -> dict:
+    """Write ``model`` as OpenVINO IR (``path`` .xml + .bin) by ``openvino.convert_model`` of
+    our ONNX export, and verify it in the OpenVINO CPU runtime (fp32) against PyTorch."""
+    import tempfile
+
+    try:
+        import openvino as ov
+    except ImportError:
+        raise BsrnError("OpenVINO export needs openvino (pip install 'bsrn[openvino]')") from None
+    from .runtimes import load_graph, save_openvino_ir
+
+    path = Path(path)
+    if path.suffix.lower() != ".xml":
+        raise ConfigError(f"{path}: an OpenVINO IR is written as .xml (+ .bin)")
+    src = model.eval().float().cpu()
+    with tempfile.TemporaryDirectory(prefix="bsrn-ov-") as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        export_onnx(src, onnx_path, optimize=True, verify=False)
+        try:
+            ir = ov.convert_model(str(onnx_path))
+        except Exception as e:  # noqa: BLE001 - the converter raises its own types
+            raise BsrnError(f"{path}: OpenVINO conversion failed: {str(e).splitlines()[0]}") \
+                from None
+        save_openvino_ir(ir, path, int(src.scale), int(getattr(src, "min_size", 1)))
+    result = {"path": str(path), "optimized": True, "files": [str(path),
+                                                               str(path.with_suffix(".bin"))]}
+    if verify:
+        result["max_abs_diff"] = verify_runtime(load_graph(path), src, "OpenVINO", path, sizes)
+    return result
+
+
+@contextlib.contextmanager
+def _quiet_fds():
+    """Silence stdout/stderr at the file-descriptor level (pnnx's converter logs every pass)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 1)
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+def export_ncnn(model: nn.Module, path: str | os.PathLike, verify: bool = True,
+                sizes=((1, 15, 15), (1, 37, 53))) -> dict:
+    """Write ``model`` as an ncnn model (``path`` .param + .bin) through pnnx (traced at two
+    sizes, so height and width stay dynamic), and verify it in ncnn (fp32) against PyTorch.
+
+    ncnn runs one image at a time: the check uses batch 1.
+    """
+    import shutil
+    import tempfile
+
+    try:
+        import pnnx
+    except ImportError:
+        raise BsrnError("ncnn export needs pnnx and ncnn (pip install 'bsrn[ncnn]')") from None
+    from .runtimes import NcnnModel, ncnn_bin_path
+
+    path = Path(path)
+    if path.suffix.lower() != ".param":
+        raise ConfigError(f"{path}: an ncnn model is written as .param (+ .bin)")
+    src = model.eval().float().cpu()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.stem}.", dir=path.parent) as tmp:
+        traced = Path(tmp) / "model.pt"
+        try:
+            with torch.no_grad(), warnings.catch_warnings(), _quiet_fds():
+                warnings.simplefilter("ignore")
+                pnnx.export(src, str(traced), (_dummy(src, 1, 32, 32),),
+                            (_dummy(src, 1, 40, 48, seed=1),), fp16=False)
+        except Exception as e:  # noqa: BLE001 - pnnx reports failures in many ways
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise BsrnError(f"{path}: pnnx conversion failed: {first}") from None
+        param, weights = Path(tmp) / "model.ncnn.param", Path(tmp) / "model.ncnn.bin"
+        if not (param.is_file() and weights.is_file()):
+            raise BsrnError(f"{path}: pnnx wrote no ncnn model")
+        os.replace(weights, ncnn_bin_path(path))  # weights first: a .param never lacks its .bin
+        os.replace(param, path)
+        shutil.rmtree(tmp, ignore_errors=True)
+    result = {"path": str(path), "optimized": False,
+              "files": [str(path), str(ncnn_bin_path(path))]}
+    if verify:
+        runner = NcnnModel(path, int(src.scale), int(getattr(src, "min_size", 1)))
+        result["max_abs_diff"] = verify_runtime(runner, src, "ncnn", path, sizes)
+    return result

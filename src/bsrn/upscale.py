@@ -157,7 +157,9 @@ class Upscaler:
                           f"x{self.scale / self.native_scale:g} to x{self.scale:g} is MATLAB "
                           "bicubic, not super-resolution", stacklevel=2)
         backend = backend or os.environ.get("BSRN_BACKEND") or "auto"
-        if plain:
+        if getattr(model, "is_graph", False):  # an exported graph file runs as exported
+            self.backend = f"graph file ({getattr(model, 'runtime', 'runtime')})"
+        elif plain:
             if backend not in ("auto", "torch"):
                 raise ConfigError(f"plain runs the PyTorch model as loaded; it cannot run on "
                                   f"the {backend} backend")

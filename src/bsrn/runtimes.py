@@ -1,0 +1,220 @@
+"""Graph runtimes behind the torch-model contract: ONNX Runtime (``.onnx``) and OpenVINO
+(IR ``.xml``), fp32 or INT8.
+
+:func:`load_graph` returns an ``nn.Module`` whose forward takes and returns NCHW float32 RGB in
+[0, 1] like the PyTorch networks, with ``scale`` and ``min_size`` read from the file's metadata
+(written by :func:`bsrn.export.export_onnx`). The session is built once and runs on the CPU.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+
+#: File suffixes served by a graph runtime, and the runtime that runs them.
+GRAPH_SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino"}
+
+
+def is_graph_file(path) -> bool:
+    """True for a path that :func:`load_graph` runs (``.onnx`` or OpenVINO ``.xml``)."""
+    return isinstance(path, (str, os.PathLike)) and Path(path).suffix.lower() in GRAPH_SUFFIXES
+
+
+class GraphModel(nn.Module):
+    """An exported network run by a graph runtime, called like a torch SR model."""
+
+    is_graph = True
+
+    def __init__(self, path, runtime: str, scale: int, min_size: int, threads: int | None):
+        super().__init__()
+        self.source = str(path)
+        self.runtime = runtime
+        self.scale = int(scale)
+        self.min_size = int(min_size)
+        self.threads = threads
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected an (N, 3, H, W) tensor, got {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        pad_h, pad_w = max(0, self.min_size - h), max(0, self.min_size - w)
+        if pad_h or pad_w:  # the graph has no small-input branch: pad like the torch module
+            x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        a = np.ascontiguousarray(x.detach().cpu().float().numpy())
+        y = torch.from_numpy(np.asarray(self.run(a), dtype=np.float32))
+        return y[..., : h * self.scale, : w * self.scale].to(x.device)
+
+
+class OnnxRuntimeModel(GraphModel):
+    """An ``.onnx`` file in an ONNX Runtime CPU session (INT8 QDQ graphs run as integer kernels)."""
+
+    def __init__(self, path, threads: int | None = None):
+        try:
+            import onnx
+            import onnxruntime as ort
+        except ImportError:
+            raise CheckpointError(f"{path}: running ONNX files needs onnxruntime "
+                                  "(pip install 'bsrn[onnx]')") from None
+        try:
+            meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False)
+                    .metadata_props}
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = threads or max(1, torch.get_num_threads())
+            self.session = ort.InferenceSession(str(path), so,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnx/ort raise many types for bad files
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CheckpointError(f"{path}: not a runnable ONNX model ({first})") from None
+        super().__init__(path, "onnxruntime", *_scale_min_size(path, meta), threads)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def run(self, x):
+        return self.session.run(None, {self.input_name: x})[0]
+
+
+class OpenVINOModel(GraphModel):
+    """An OpenVINO IR (``.xml`` + ``.bin``) on the CPU plugin, float parts in fp32.
+
+    The graph is compiled for each new input shape (static shapes; the last
+    :attr:`CACHED_SHAPES` are kept): the CPU plugin's dynamic-shape path crashes on INT8 graphs
+    when the input shape changes.
+    """
+
+    CACHED_SHAPES = 4
+
+    def __init__(self, path, threads: int | None = None):
+        try:
+            import openvino as ov
+        except ImportError:
+            raise CheckpointError(f"{path}: running OpenVINO IR needs openvino "
+                                  "(pip install 'bsrn[openvino]')") from None
+        try:
+            self.core = ov.Core()
+            self.graph = self.core.read_model(str(path))
+            meta = {}
+            for key in ("scale", "min_size"):
+                if self.graph.has_rt_info(["bsrn", key]):
+                    meta[f"bsrn.{key}"] = self.graph.get_rt_info(["bsrn", key]).astype(str)
+        except Exception as e:  # noqa: BLE001
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CheckpointError(f"{path}: not a readable OpenVINO IR ({first})") from None
+        super().__init__(path, "openvino", *_scale_min_size(path, meta), threads)
+        self.config = {"INFERENCE_NUM_THREADS": threads or max(1, torch.get_num_threads()),
+                       "PERFORMANCE_HINT": "LATENCY",
+                       # float parts in fp32: on AMX/AVX512-BF16 CPUs the plugin's default is
+                       # bf16, which would change the results
+                       "INFERENCE_PRECISION_HINT": "f32"}
+        self._requests: dict[tuple, object] = {}
+
+    def request(self, shape: tuple):
+        """The infer request compiled for input ``shape``."""
+        if shape in self._requests:
+            self._requests[shape] = self._requests.pop(shape)  # most recent last
+            return self._requests[shape]
+        graph = self.graph.clone()
+        graph.reshape({0: list(shape)})
+        try:
+            compiled = self.core.compile_model(graph, "CPU", self.config)
+        except Exception as e:  # noqa: BLE001
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CheckpointError(f"{self.source}: OpenVINO cannot compile it for input "
+                                  f"{shape} ({first})") from None
+        while len(self._requests) >= self.CACHED_SHAPES:
+            self._requests.pop(next(iter(self._requests)))
+        self._requests[shape] = compiled.create_infer_request()
+        return self._requests[shape]
+
+    def run(self, x):
+        return self.request(tuple(x.shape)).infer({0: x})[0].copy()
+
+
+class NcnnModel(GraphModel):
+    """An ncnn model (``.param`` + ``.bin`` written by pnnx), fp32 on the CPU, batch 1 per
+    call (ncnn runs one image at a time)."""
+
+    def __init__(self, param, scale: int, min_size: int, threads: int | None = None):
+        try:
+            import ncnn
+        except ImportError:
+            raise CheckpointError(f"{param}: running ncnn models needs ncnn "
+                                  "(pip install 'bsrn[ncnn]')") from None
+        param = Path(param)
+        self.net = ncnn.Net()
+        # exact fp32: no fp16/bf16 storage or arithmetic, no Winograd/SGEMM approximations
+        for opt in ("use_fp16_packed", "use_fp16_storage", "use_fp16_arithmetic",
+                    "use_bf16_packed", "use_bf16_storage", "use_vulkan_compute"):
+            setattr(self.net.opt, opt, False)
+        self.net.opt.num_threads = threads or max(1, torch.get_num_threads())
+        if self.net.load_param(str(param)) != 0 or \
+                self.net.load_model(str(ncnn_bin_path(param))) != 0:
+            raise CheckpointError(f"{param}: ncnn cannot load it (or its .bin)")
+        super().__init__(param, "ncnn", scale, min_size, threads)
+        self.ncnn = ncnn
+
+    def run(self, x):
+        outs = []
+        for img in x:
+            # ncnn layers expect aligned channel steps, which Mat(ndarray) does not give:
+            # allocate the Mat, then fill it channel by channel
+            mat = self.ncnn.Mat(img.shape[2], img.shape[1], img.shape[0])
+            for c in range(img.shape[0]):
+                np.array(mat.channel(c), copy=False)[:] = img[c]
+            with self.net.create_extractor() as ex:
+                ex.input("in0", mat)
+                _, out = ex.extract("out0")
+                outs.append(np.array(out))
+        return np.stack(outs)
+
+
+def ncnn_bin_path(param) -> Path:
+    """The weights file beside an ncnn ``X.param``: ``X.bin``."""
+    return Path(param).with_suffix(".bin")
+
+
+def _scale_min_size(path, meta: dict) -> tuple[int, int]:
+    try:
+        return int(meta["bsrn.scale"]), int(meta.get("bsrn.min_size") or 1)
+    except (KeyError, ValueError):
+        raise CheckpointError(f"{path}: no bsrn.scale metadata (export it with bsrn export or "
+                              "bsrn quantize)") from None
+
+
+def save_openvino_ir(model, out, scale: int, min_size: int) -> None:
+    """Write an ``ov.Model`` as IR ``out`` (.xml + .bin, both atomically, .bin first) with the
+    bsrn scale/min_size in its rt_info."""
+    import openvino as ov
+
+    out = Path(out)
+    model.set_rt_info(str(scale), ["bsrn", "scale"])
+    model.set_rt_info(str(min_size), ["bsrn", "min_size"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", dir=out.parent))
+    try:
+        ov.save_model(model, str(tmpdir / out.name), compress_to_fp16=False)
+        os.replace(tmpdir / out.with_suffix(".bin").name, out.with_suffix(".bin"))
+        os.replace(tmpdir / out.name, out)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def load_graph(path, threads: int | None = None) -> GraphModel:
+    """Open an exported ``.onnx`` (ONNX Runtime) or OpenVINO ``.xml`` as a torch-like model."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    runtime = GRAPH_SUFFIXES.get(path.suffix.lower())
+    if runtime == "onnxruntime":
+        return OnnxRuntimeModel(path, threads)
+    if runtime == "openvino":
+        return OpenVINOModel(path, threads)
+    raise CheckpointError(f"{path}: not a graph file ({', '.join(GRAPH_SUFFIXES)})")
