@@ -226,13 +226,15 @@ class RuntimeNet(nn.Module):
 
     Same call contract as the PyTorch network (NCHW float32 in [0, 1] in and out, ``scale``,
     ``min_size``, ``cfg``), and the same stages, so ``bsrn.tiling.forward_tiled`` tiles it
-    exactly: ``head``, each block's ``body`` and ``tail`` run in the runtime, the light
-    whole-image passes (ESA context and mask, CCA statistics and gate, block output, fusion)
-    in PyTorch.
+    exactly. With ``staged_graphs=True`` the heavy stages (``head``, each block's ``body``,
+    ``tail``) run in the runtime and the light whole-image passes (ESA context and mask, CCA
+    statistics and gate, block output, fusion) in PyTorch; by default tiles run every stage on
+    the PyTorch fast path, which measured faster for tiles than per-tile runtime calls
+    (dynamic shapes) on the CPUs we tried. The whole-image forward always runs in the runtime.
     """
 
     def __init__(self, model: nn.Module, backend: str, threads: int | None = None,
-                 progress=None):
+                 progress=None, staged_graphs: bool = False):
         super().__init__()
         if backend not in _RUNTIMES:
             raise ConfigError(f"unknown runtime backend {backend!r}")
@@ -253,6 +255,7 @@ class RuntimeNet(nn.Module):
         self._tail = _LazyRunner(make, paths["tail"], threads)
         self._blocks = [_RuntimeBlock(b, _LazyRunner(make, paths[f"body{k + 1}"], threads))
                         for k, b in enumerate(self.torch_model.blocks())]
+        self.staged_graphs = staged_graphs
         stamp = paths["whole"].parent / f"verified-{backend}.json"
         if stamp.is_file():
             self.max_abs_diff = json.loads(stamp.read_text())["max_abs_diff"]
@@ -272,16 +275,18 @@ class RuntimeNet(nn.Module):
         return self.torch_model.min_size
 
     def blocks(self):
-        return self._blocks
+        return self._blocks if self.staged_graphs else self.torch_model.blocks()
 
     def head(self, x):
+        if not self.staged_graphs:
+            return self.torch_model.head(x)
         return self._head(x).contiguous(memory_format=self.memory_format)
 
     def fuse(self, acc, k, out):
         return self.torch_model.fuse(acc, k, out)
 
     def tail(self, acc, fea):
-        return self._tail(acc, fea)
+        return self._tail(acc, fea) if self.staged_graphs else self.torch_model.tail(acc, fea)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from .models.base import sr_forward
@@ -295,8 +300,12 @@ class RuntimeNet(nn.Module):
 
         x = torch.rand(1, 3, 40, 47, generator=torch.Generator().manual_seed(0))
         ref = model(x)
-        diffs = [(self(x) - ref).abs().max().item(),
-                 (forward_tiled(self, x, tile=16) - ref).abs().max().item()]
+        staged, self.staged_graphs = self.staged_graphs, True
+        try:
+            diffs = [(self(x) - ref).abs().max().item(),
+                     (forward_tiled(self, x, tile=16) - ref).abs().max().item()]
+        finally:
+            self.staged_graphs = staged
         worst = max(diffs)
         if not worst <= VERIFY_ATOL:
             raise ConfigError(f"the {self.backend} graphs differ from PyTorch by {worst:.2e} "

@@ -159,11 +159,14 @@ class _Progress:
 
 
 def _var_mean_update(count, mean, m2, e):
-    """Chan's parallel update of per-channel (count, mean, M2) with the strip ``e``; float64
-    running values, float32 strip statistics."""
+    """Chan's parallel update of per-channel (count, mean, M2) with the strip ``e``: float64
+    running values, float32 strip statistics in two plain passes (``torch.var_mean`` is ~2x
+    slower on the CPU)."""
     k = e.shape[2] * e.shape[3]
-    var_s, mean_s = torch.var_mean(e.float(), dim=(2, 3), correction=0)
-    mean_s, m2_s = mean_s.double(), var_s.double() * k
+    ef = e.float()
+    mean_s = ef.mean(dim=(2, 3))
+    m2_s = (ef - mean_s[:, :, None, None]).square_().sum(dim=(2, 3)).double()
+    mean_s = mean_s.double()
     if count == 0:
         return k, mean_s, m2_s
     total = count + k
