@@ -144,6 +144,23 @@ def main(argv=None) -> int:
     w, h = (int(v) for v in args.size.lower().split("x"))
     x = make_input(w, h)
     threads = args.threads or sorted({physical_cores(), 1}, reverse=True)
+    if len(threads) > 1:  # one process per thread count: no runtime's thread pool lingers
+        import subprocess
+
+        rc = 0
+        for t in threads:
+            argv2 = [a for a in (argv if argv is not None else sys.argv[1:])]
+            if "--threads" in argv2:
+                i = argv2.index("--threads")
+                j = i + 1
+                while j < len(argv2) and not argv2[j].startswith("--"):
+                    j += 1
+                del argv2[i:j]
+            if "--json" in argv2:
+                i = argv2.index("--json")
+                argv2[i + 1] = f"{Path(argv2[i + 1]).with_suffix('')}.t{t}.json"
+            rc |= subprocess.call([sys.executable, __file__, *argv2, "--threads", str(t)])
+        return rc
     print(f"BSRN x{model.scale} ({src}); {w}x{h} -> {w * model.scale}x{h * model.scale}; "
           f"CPU: {cpu_name()}; torch {torch.__version__}; {args.reps} interleaved repetitions")
     ok, report = True, {"cpu": cpu_name(), "size": args.size, "runs": {}}

@@ -174,7 +174,8 @@ class _OvGraph:
         if _OvGraph._core is None:
             _OvGraph._core = ov.Core()
         cfg = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
-               "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+               "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+               "ENABLE_CPU_PINNING": False}
         self.compiled = _OvGraph._core.compile_model(str(path), "CPU", cfg)
         self.request = self.compiled.create_infer_request()
 
