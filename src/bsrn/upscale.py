@@ -205,7 +205,8 @@ class Upscaler:
         if not bool(torch.isfinite(y.sum())) and not bool(torch.isfinite(y).all()):
             raise CheckpointError(f"{self.weights}: the network output has NaN or infinite "
                                   "values (broken or overflowing weights); nothing written")
-        return y.clamp_(0, 1)
+        with torch.inference_mode():  # y is an inference tensor: clamp it in place there
+            return y.clamp_(0, 1)
 
     def upscale_planes(self, x: torch.Tensor) -> torch.Tensor:
         """(1, C, H, W) float in [0, 1], C = 1 (grey), 2 (grey+alpha), 3 (RGB) or 4 (RGBA) ->
