@@ -158,10 +158,11 @@ def to_markdown(res) -> str:
 
 
 def write(path, text):
+    """Write ``text`` atomically when a path was given."""
     if path:
-        tmp = f"{path}.tmp"
-        Path(tmp).write_text(text)
-        os.replace(tmp, path)
+        from bsrn.atomic import write_text
+
+        write_text(path, text)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import ESA_MIN_SIZE
-from .blocks import pointwise
+from .blocks import act_, add_, conv_act, pointwise
 
 
 class ConfigMixin:
@@ -46,6 +46,28 @@ def sr_forward(forward):
         return out.contiguous() if fmt is not torch.contiguous_format else out
 
     return wrapped
+
+
+class DistillationBlock(nn.Module):
+    """The distillation steps shared by ESDB (BSRN) and RFDB (RFDN): three times a 1x1
+    "distilled" branch ``c{i}_d`` and a shallow residual step act(conv(x) + x) ``c{i}_r``, then
+    ``c4`` and the 1x1 fusion ``c5`` over the concatenation."""
+
+    #: Convs whose output goes straight into ``act`` (``bsrn.rewrite`` may fuse the two).
+    act_convs = ("c1_d", "c2_d", "c3_d", "c4")
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        """Stage: everything before the attention (c5's output). Four 3x3 convs deep, so a
+        tile needs a 4 px halo."""
+        act = self.act
+        d1 = conv_act(self.c1_d, act, x)
+        r1 = act_(act, add_(self.c1_r(x), x))
+        d2 = conv_act(self.c2_d, act, r1)
+        r2 = act_(act, add_(self.c2_r(r1), r1))
+        d3 = conv_act(self.c3_d, act, r2)
+        r3 = act_(act, add_(self.c3_r(r2), r2))
+        r4 = conv_act(self.c4, act, r3)
+        return self.c5(torch.cat([d1, d2, d3, r4], dim=1))
 
 
 class DistillationNet(nn.Module):

@@ -10,11 +10,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import ConfigMixin, DistillationNet
-
-from .attention import CCA, ESA, ESA_MIN_SIZE
-from .blocks import (ACTIVATIONS, act_, add_, canonical_conv, conv1x1, conv_act, make_activation,
-                     make_conv,
+from .attention import CCA, ESA
+from .base import ConfigMixin, DistillationBlock, DistillationNet
+from .blocks import (ACTIVATIONS, act_, add_, canonical_conv, conv1x1, make_activation, make_conv,
                      mul_)
 from .upsamplers import UPSAMPLERS, make_upsampler
 
@@ -60,7 +58,7 @@ class BSRNConfig(ConfigMixin):
             raise ValueError(f"scale must be 1, 2, 3, 4 or 8, got {self.scale}")
 
 
-class ESDB(nn.Module):
+class ESDB(DistillationBlock):
     """Efficient Separable Distillation Block.
 
     Three distillation steps, each a 1x1 "distilled" branch ``c{i}_d`` and a BSRB (blueprint
@@ -90,22 +88,6 @@ class ESDB(nn.Module):
             self.conv_out = conv1x1(c, c)
         self.act = make_activation(cfg.activation)
         self.attention = cfg.attention
-
-    #: Convs whose output goes straight into ``act`` (``bsrn.rewrite`` may fuse the two).
-    act_convs = ("c1_d", "c2_d", "c3_d", "c4")
-
-    def body(self, x: torch.Tensor) -> torch.Tensor:
-        """Stage: distillation and fusion, everything before the attention (c5's output).
-        Four 3x3 convs deep, so a tile needs a 4 px halo."""
-        act = self.act
-        d1 = conv_act(self.c1_d, act, x)
-        r1 = act_(act, add_(self.c1_r(x), x))
-        d2 = conv_act(self.c2_d, act, r1)
-        r2 = act_(act, add_(self.c2_r(r1), r1))
-        d3 = conv_act(self.c3_d, act, r2)
-        r3 = act_(act, add_(self.c3_r(r2), r2))
-        r4 = conv_act(self.c4, act, r3)
-        return self.c5(torch.cat([d1, d2, d3, r4], dim=1))
 
     def output(self, e: torch.Tensor, x: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
         """Stage: the block output from the ESA output ``e`` (overwritten when autograd is off),

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import ConfigMixin, DistillationNet
+from .base import ConfigMixin, DistillationBlock, DistillationNet
 
 from .attention import ESA
-from .blocks import act_, add_, canonical_conv, conv1x1, conv_act, make_activation, make_conv
+from .blocks import act_, add_, canonical_conv, conv1x1, make_activation, make_conv
 
 
 @dataclass
@@ -32,7 +32,7 @@ class RFDNConfig(ConfigMixin):
         self.conv = canonical_conv(self.conv)
 
 
-class RFDB(nn.Module):
+class RFDB(DistillationBlock):
     """Residual Feature Distillation Block: three (1x1 distilled, 3x3 shallow residual) steps,
     c4, 1x1 fusion c5, ESA. It has no block residual."""
 
@@ -51,20 +51,6 @@ class RFDB(nn.Module):
         self.esa = ESA(c, cfg.conv, "relu") if cfg.esa else nn.Identity()
 
     attention = "none"
-    act_convs = ("c1_d", "c2_d", "c3_d", "c4")
-
-    def body(self, x):
-        """Stage: everything before ESA (c5's output)."""
-        act = self.act
-        d1 = conv_act(self.c1_d, act, x)
-        r1 = act_(act, add_(self.c1_r(x), x))
-        d2 = conv_act(self.c2_d, act, r1)
-        r2 = act_(act, add_(self.c2_r(r1), r1))
-        d3 = conv_act(self.c3_d, act, r2)
-        r3 = act_(act, add_(self.c3_r(r2), r2))
-        r4 = conv_act(self.c4, act, r3)
-
-        return self.c5(torch.cat([d1, d2, d3, r4], dim=1))
 
     def output(self, e, x, gate=None):
         """Stage: the block output is ESA's output (RFDB has no block residual)."""
