@@ -76,6 +76,8 @@ def test_layer_group_names():
     assert layer_group("/B3/c5/Conv") == "B3.distill"
     assert layer_group("/B12/esa/conv_max/pw/Conv") == "B12.esa"
     assert layer_group("/B1/cca/conv_du/conv_du.0/Conv") == "B1.cca"
+    assert layer_group("/B1/conv_du/conv_du.0/Conv") == "B1.cca"
+    assert layer_group("/Conv_3") is None
     assert layer_group("/c2/dw/Conv") == "c1c2"
     assert layer_group("/upsampler/upsampleOneStep/upsampleOneStep.0/Conv") == "upsampler"
     assert layer_group("/Concat") is None
@@ -85,7 +87,8 @@ def test_groups_cover_every_conv(fp32_onnx):
     groups = layer_groups(fp32_onnx)
     convs = [n for n in onnx.load(str(fp32_onnx)).graph.node if n.op_type == "Conv"]
     assert sum(map(len, groups.values())) == len(convs)
-    assert list(groups)[:4] == ["fea_conv", "B1.distill", "B1.esa", "B1.cca"]
+    assert list(groups)[:3] == ["fea_conv", "B1.distill", "B1.esa"]
+    assert "B1.cca" in groups  # (graph order: the block-by-block fusion may come before it)
     assert {"c1c2", "upsampler", "B2.esa"} <= set(groups)
 
 

@@ -149,13 +149,9 @@ class _OrtGraph:
     """One graph in an ONNX Runtime session."""
 
     def __init__(self, path: Path, threads: int):
-        import onnxruntime as ort
+        from .runtimes import ort_session
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.sess = ort_session(path, threads)
         self.names = [i.name for i in self.sess.get_inputs()]
 
     def __call__(self, *xs: np.ndarray) -> np.ndarray:
@@ -163,20 +159,18 @@ class _OrtGraph:
 
 
 class _OvGraph:
-    """One graph compiled by OpenVINO for the CPU, in fp32 (OpenVINO's default on CPUs with
-    bf16 instructions is bf16, which changes the output)."""
+    """One graph compiled by OpenVINO for the CPU, in fp32, with dynamic shapes."""
 
     _core = None
 
     def __init__(self, path: Path, threads: int):
         import openvino as ov
 
+        from .runtimes import ov_config
+
         if _OvGraph._core is None:
             _OvGraph._core = ov.Core()
-        cfg = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
-               "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
-               "ENABLE_CPU_PINNING": False}
-        self.compiled = _OvGraph._core.compile_model(str(path), "CPU", cfg)
+        self.compiled = _OvGraph._core.compile_model(str(path), "CPU", ov_config(threads))
         self.request = self.compiled.create_infer_request()
 
     def __call__(self, *xs: np.ndarray) -> np.ndarray:

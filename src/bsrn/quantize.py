@@ -58,6 +58,8 @@ def layer_group(node_name: str) -> str | None:
         sub = parts[1]
         if sub in ("esa", "cca"):
             return f"{head}.{sub}"
+        if sub == "conv_du":  # CCA's gate, reached through CCA.gate rather than CCA.forward
+            return f"{head}.cca"
         return f"{head}.distill"
     return None
 
@@ -70,6 +72,10 @@ def layer_groups(onnx_path) -> dict[str, list[str]]:
     for node in onnx.load(str(onnx_path), load_external_data=False).graph.node:
         if node.op_type == "Conv":
             g = layer_group(node.name)
+            if g is None and re.fullmatch(r"/Conv(_\d+)?", node.name):
+                # top-level functional convs: the multi-level fusion c1, accumulated block by
+                # block over slices of its weight (DistillationNet.fuse)
+                g = "c1c2"
             if g is not None:
                 groups.setdefault(g, []).append(node.name)
     return groups

@@ -22,6 +22,25 @@ from .errors import CheckpointError
 GRAPH_SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino"}
 
 
+def ort_session(path, threads: int | None = None):
+    """An ONNX Runtime CPU session for ``path`` with ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or max(1, torch.get_num_threads())
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def ov_config(threads: int | None = None) -> dict:
+    """OpenVINO CPU settings: latency, ``threads`` threads, float parts in fp32 (on AMX /
+    AVX512-BF16 CPUs the plugin's default is bf16, which would change the results)."""
+    return {"INFERENCE_NUM_THREADS": threads or max(1, torch.get_num_threads()),
+            "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "ENABLE_CPU_PINNING": False,
+            "INFERENCE_PRECISION_HINT": "f32"}
+
+
 def is_graph_file(path) -> bool:
     """True for a path that :func:`load_graph` runs (``.onnx`` or OpenVINO ``.xml``)."""
     return isinstance(path, (str, os.PathLike)) and Path(path).suffix.lower() in GRAPH_SUFFIXES
@@ -68,10 +87,7 @@ class OnnxRuntimeModel(GraphModel):
         try:
             meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False)
                     .metadata_props}
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = threads or max(1, torch.get_num_threads())
-            self.session = ort.InferenceSession(str(path), so,
-                                                providers=["CPUExecutionProvider"])
+            self.session = ort_session(path, threads)
         except Exception as e:  # noqa: BLE001 - onnx/ort raise many types for bad files
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise CheckpointError(f"{path}: not a runnable ONNX model ({first})") from None
@@ -109,11 +125,7 @@ class OpenVINOModel(GraphModel):
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise CheckpointError(f"{path}: not a readable OpenVINO IR ({first})") from None
         super().__init__(path, "openvino", *_scale_min_size(path, meta), threads)
-        self.config = {"INFERENCE_NUM_THREADS": threads or max(1, torch.get_num_threads()),
-                       "PERFORMANCE_HINT": "LATENCY",
-                       # float parts in fp32: on AMX/AVX512-BF16 CPUs the plugin's default is
-                       # bf16, which would change the results
-                       "INFERENCE_PRECISION_HINT": "f32"}
+        self.config = ov_config(threads)
         self._requests: dict[tuple, object] = {}
 
     def request(self, shape: tuple):
