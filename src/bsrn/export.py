@@ -335,13 +335,43 @@ def _quiet_fds():
                 os.close(fd)
 
 
-def export_ncnn(model: nn.Module, path: str | os.PathLike, verify: bool = True,
-                sizes=((1, 15, 15), (1, 37, 53))) -> dict:
+def export_ncnn(model: nn.Module, path: str | os.PathLike, verify: bool = True) -> dict:
     """Write ``model`` as an ncnn model (``path`` .param + .bin) through pnnx (traced at two
     sizes, so height and width stay dynamic), and verify it in ncnn (fp32) against PyTorch.
 
-    ncnn runs one image at a time: the check uses batch 1.
+    pnnx and ncnn are native code that can crash the process that loads them, so the conversion
+    and the check run in a child process; a crash there is a one-line BsrnError here. ncnn runs
+    one image at a time: the check uses batch 1.
     """
+    import json
+    import subprocess
+    import tempfile
+
+    from .checkpoint import save_model
+
+    path = Path(path)
+    if path.suffix.lower() != ".param":
+        raise ConfigError(f"{path}: an ncnn model is written as .param (+ .bin)")
+    code = ("import json, sys\n"
+            "from bsrn.checkpoint import load_model\n"
+            "from bsrn.export import _export_ncnn_here\n"
+            "r = _export_ncnn_here(load_model(sys.argv[1]), sys.argv[2], sys.argv[3] == '1')\n"
+            "print(json.dumps(r))")
+    with tempfile.TemporaryDirectory(prefix="bsrn-ncnn-") as tmp:
+        weights = save_model(model.float().cpu(), Path(tmp) / "model.safetensors")
+        proc = subprocess.run([sys.executable, "-c", code, str(weights), str(path),
+                               "1" if verify else "0"], capture_output=True, text=True)
+    if proc.returncode == 0:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    if proc.returncode < 0:
+        raise BsrnError(f"{path}: ncnn export crashed in pnnx/ncnn (signal {-proc.returncode})")
+    last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+    raise BsrnError(last.split("Error: ", 1)[-1] if "Error: " in last else last)
+
+
+def _export_ncnn_here(model: nn.Module, path: str | os.PathLike, verify: bool = True,
+                      sizes=((1, 15, 15), (1, 37, 53))) -> dict:
+    """:func:`export_ncnn` in this process."""
     import shutil
     import tempfile
 
