@@ -158,7 +158,9 @@ def test_openvino_int8(model, weights, calib, tmp_path):
     import openvino as ov
 
     fed_by_fq = {}  # conv name -> its activation comes through a FakeQuantize
-    for op in ov.Core().read_model(str(out)).get_ops():
+    from bsrn.runtimes import ov_core
+
+    for op in ov_core().read_model(str(out)).get_ops():
         if op.get_type_name() in ("Convolution", "GroupConvolution"):
             src = op.input_value(0).get_node().get_type_name()
             fed_by_fq[op.get_friendly_name()] = src == "FakeQuantize"

@@ -161,16 +161,11 @@ class _OrtGraph:
 class _OvGraph:
     """One graph compiled by OpenVINO for the CPU, in fp32, with dynamic shapes."""
 
-    _core = None
-
     def __init__(self, path: Path, threads: int):
-        import openvino as ov
+        from .runtimes import ov_config, ov_core
 
-        from .runtimes import ov_config
-
-        if _OvGraph._core is None:
-            _OvGraph._core = ov.Core()
-        self.compiled = _OvGraph._core.compile_model(str(path), "CPU", ov_config(threads))
+        self._core = ov_core()
+        self.compiled = self._core.compile_model(str(path), "CPU", ov_config(threads))
         self.request = self.compiled.create_infer_request()
 
     def __call__(self, *xs: np.ndarray) -> np.ndarray:

@@ -41,6 +41,21 @@ def ov_config(threads: int | None = None) -> dict:
             "INFERENCE_PRECISION_HINT": "f32"}
 
 
+_OV_CORE = None
+
+
+def ov_core():
+    """The process's one OpenVINO Core. Compiled models and infer requests must not outlive the
+    Core they came from; a Core per model let garbage collection destroy them in the wrong order,
+    which crashed the process."""
+    global _OV_CORE
+    if _OV_CORE is None:
+        import openvino as ov
+
+        _OV_CORE = ov.Core()
+    return _OV_CORE
+
+
 def is_graph_file(path) -> bool:
     """True for a path that :func:`load_graph` runs (``.onnx`` or OpenVINO ``.xml``)."""
     return isinstance(path, (str, os.PathLike)) and Path(path).suffix.lower() in GRAPH_SUFFIXES
@@ -115,7 +130,7 @@ class OpenVINOModel(GraphModel):
             raise CheckpointError(f"{path}: running OpenVINO IR needs openvino "
                                   "(pip install 'bsrn[openvino]')") from None
         try:
-            self.core = ov.Core()
+            self.core = ov_core()
             self.graph = self.core.read_model(str(path))
             meta = {}
             for key in ("scale", "min_size"):
