@@ -41,28 +41,17 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     from bsrn.checkpoint import load_model, resolve_weights
-    from bsrn.export import export_onnx
-    from bsrn.quantize import benchmark_pairs, quantize, score
-    from bsrn.runtimes import load_graph, save_openvino_ir
+    from bsrn.quantize import benchmark_pairs, fp32_and_int8, score
+    from bsrn.runtimes import load_graph
 
     model = load_model(resolve_weights(args.weights))
     scale = int(model.scale)
     sets = {d: benchmark_pairs(SHARED / "datasets" / d, scale) for d in args.datasets}
     rows = []
     with tempfile.TemporaryDirectory(prefix="bsrn-int8q-") as tmp:
-        tmp = Path(tmp)
-        fp32_onnx = tmp / "fp32.onnx"
-        export_onnx(model, fp32_onnx, optimize=True)
         for rt in args.runtime:
-            if rt == "onnxruntime":
-                fp32, int8 = fp32_onnx, tmp / "int8.onnx"
-            else:
-                import openvino as ov
-
-                fp32, int8 = tmp / "fp32.xml", tmp / "int8.xml"
-                save_openvino_ir(ov.convert_model(str(fp32_onnx)), fp32, scale, model.min_size)
-            res = quantize(args.weights, args.calib, int8, runtime=rt, images=args.images,
-                           progress=False)
+            fp32, int8, res = fp32_and_int8(model, args.weights, args.calib, tmp, rt,
+                                            args.images)
             ref, q = load_graph(fp32, args.threads), load_graph(int8, args.threads)
             for name, pairs in sets.items():
                 a, b = score(ref, pairs, scale), score(q, pairs, scale)

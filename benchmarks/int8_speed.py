@@ -55,9 +55,8 @@ def main(argv=None) -> int:
     h, w = (int(v) for v in args.size.lower().split("x"))
 
     from bsrn.checkpoint import load_model, resolve_weights
-    from bsrn.export import export_onnx
-    from bsrn.quantize import quantize
-    from bsrn.runtimes import load_graph, save_openvino_ir
+    from bsrn.quantize import fp32_and_int8
+    from bsrn.runtimes import load_graph
 
     print(f"CPU: {cpu_model()}")
     print(f"threads {args.threads}, LR input 1x3x{h}x{w}, median of {args.repeats} runs each, "
@@ -65,20 +64,9 @@ def main(argv=None) -> int:
     model = load_model(resolve_weights(args.weights))
     x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory(prefix="bsrn-int8s-") as tmp:
-        tmp = Path(tmp)
-        fp32_onnx = tmp / "fp32.onnx"
-        export_onnx(model, fp32_onnx, optimize=True)
         for rt in args.runtime:
-            if rt == "onnxruntime":
-                fp32, int8 = fp32_onnx, tmp / "int8.onnx"
-            else:
-                import openvino as ov
-
-                fp32, int8 = tmp / "fp32.xml", tmp / "int8.xml"
-                save_openvino_ir(ov.convert_model(str(fp32_onnx)), fp32, model.scale,
-                                 model.min_size)
-            res = quantize(args.weights, args.calib, int8, runtime=rt, images=args.images,
-                           progress=False)
+            fp32, int8, res = fp32_and_int8(model, args.weights, args.calib, tmp, rt,
+                                            args.images)
             nets = {"fp32": load_graph(fp32, args.threads), "int8": load_graph(int8, args.threads)}
             wall, cpu = {k: [] for k in nets}, {k: [] for k in nets}
             for net in nets.values():  # warm-up (OpenVINO compiles for the shape here)

@@ -398,3 +398,27 @@ def quantize(weights, calib, out, runtime: str = "onnxruntime", images: int = 32
             res = quantize_openvino(fp32, out, patches, keep)
     return QuantizeResult(res["path"], runtime, res["kept_fp32"], res["int8_convs"],
                           res["convs"], rows)
+
+
+def fp32_and_int8(model: nn.Module, weights, calib, folder, runtime: str = "onnxruntime",
+                  images: int = 32):
+    """(fp32 graph, INT8 graph, quantize result) of ``runtime`` in ``folder``: the fp32
+    reference is our ONNX export (for OpenVINO converted to IR), the INT8 one comes from
+    :func:`quantize` with its default mixed precision. Used by the INT8 benchmarks."""
+    from .export import export_onnx
+    from .runtimes import save_openvino_ir
+
+    folder = Path(folder)
+    fp32_onnx = folder / "fp32.onnx"
+    if not fp32_onnx.is_file():
+        export_onnx(model, fp32_onnx, optimize=True)
+    if runtime == "onnxruntime":
+        fp32, int8 = fp32_onnx, folder / "int8.onnx"
+    else:
+        import openvino as ov
+
+        fp32, int8 = folder / "fp32.xml", folder / "int8.xml"
+        save_openvino_ir(ov.convert_model(str(fp32_onnx)), fp32, int(model.scale),
+                         model.min_size)
+    res = quantize(weights, calib, int8, runtime=runtime, images=images, progress=False)
+    return fp32, int8, res

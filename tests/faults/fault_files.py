@@ -9,6 +9,15 @@ from PIL import Image
 RNG = np.random.default_rng(11)
 
 
+def run_upscale(capsys, weights, *args):
+    """``bsrn upscale`` in-process on the CPU, quiet: (exit code, stdout, stderr)."""
+    from bsrn.cli import main
+
+    rc = main(["upscale", "--weights", weights, "--device", "cpu", "-q", *map(str, args)])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
 def pixels(h=10, w=12, c=3):
     return RNG.integers(0, 256, (h, w, c), dtype=np.uint8)
 

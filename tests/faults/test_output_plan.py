@@ -11,10 +11,9 @@ import textwrap
 import time
 
 import pytest
-from fault_files import error_lines, pixels, rgba_bmp, save
+from fault_files import error_lines, pixels, rgba_bmp, run_upscale, save
 from PIL import Image
 
-from bsrn.cli import main
 from bsrn.image_io import read_image
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -25,10 +24,7 @@ def weights(tiny_x2_weights):
     return tiny_x2_weights
 
 
-def run(capsys, weights, *args):
-    rc = main(["upscale", "--weights", weights, "--device", "cpu", "-q", *map(str, args)])
-    out, err = capsys.readouterr()
-    return rc, out, err
+run = run_upscale
 
 
 def snapshot(folder):

@@ -7,10 +7,9 @@ import os
 
 import numpy as np
 import pytest
-from fault_files import error_lines, pixels, save
+from fault_files import error_lines, pixels, run_upscale, save
 from PIL import Image
 
-from bsrn.cli import main
 from bsrn.image_io import Picture, read_exts
 from bsrn.upscale import Upscaler
 
@@ -22,10 +21,7 @@ def weights(tiny_x2_weights):
     return tiny_x2_weights
 
 
-def run(capsys, weights, *args):
-    rc = main(["upscale", "--weights", weights, "--device", "cpu", "-q", *map(str, args)])
-    out, err = capsys.readouterr()
-    return rc, out, err
+run = run_upscale
 
 
 def test_broken_links_and_link_loops_are_named_failures(tmp_path, capsys, weights):
