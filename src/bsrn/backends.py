@@ -159,18 +159,16 @@ class _OrtGraph:
 
 
 class _OvGraph:
-    """One graph compiled by OpenVINO for the CPU, in fp32, with dynamic shapes."""
+    """One graph on OpenVINO's CPU plugin in fp32, compiled per input shape
+    (:class:`bsrn.runtimes.OvRequests`)."""
 
     def __init__(self, path: Path, threads: int):
-        from .runtimes import ov_config, ov_core
+        from .runtimes import OvRequests, ov_core
 
-        self._core = ov_core()
-        self.compiled = self._core.compile_model(str(path), "CPU", ov_config(threads))
-        self.request = self.compiled.create_infer_request()
+        self.requests = OvRequests(ov_core().read_model(str(path)), threads, str(path))
 
     def __call__(self, *xs: np.ndarray) -> np.ndarray:
-        self.request.infer(list(xs))
-        return self.request.get_output_tensor(0).data.copy()
+        return self.requests(*xs)
 
 
 _RUNTIMES = {"onnxruntime": _OrtGraph, "openvino": _OvGraph}

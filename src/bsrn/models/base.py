@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import ESA_MIN_SIZE
-from .blocks import act_, add_, conv_act, pointwise
+from .blocks import conv_act, conv_add_act, pointwise_acc, pointwise_cat
 
 
 class ConfigMixin:
@@ -55,19 +55,21 @@ class DistillationBlock(nn.Module):
 
     #: Convs whose output goes straight into ``act`` (``bsrn.rewrite`` may fuse the two).
     act_convs = ("c1_d", "c2_d", "c3_d", "c4")
+    #: Convs whose output gets the residual added (``bsrn.rewrite`` may fuse the sum).
+    residual_convs = ("c1_r", "c2_r", "c3_r")
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
         """Stage: everything before the attention (c5's output). Four 3x3 convs deep, so a
         tile needs a 4 px halo."""
         act = self.act
         d1 = conv_act(self.c1_d, act, x)
-        r1 = act_(act, add_(self.c1_r(x), x))
+        r1 = conv_add_act(self.c1_r, act, x, x)
         d2 = conv_act(self.c2_d, act, r1)
-        r2 = act_(act, add_(self.c2_r(r1), r1))
+        r2 = conv_add_act(self.c2_r, act, r1, r1)
         d3 = conv_act(self.c3_d, act, r2)
-        r3 = act_(act, add_(self.c3_r(r2), r2))
+        r3 = conv_add_act(self.c3_r, act, r2, r2)
         r4 = conv_act(self.c4, act, r3)
-        return self.c5(torch.cat([d1, d2, d3, r4], dim=1))
+        return pointwise_cat(self.c5, [d1, d2, d3, r4])
 
 
 class DistillationNet(nn.Module):
@@ -98,15 +100,7 @@ class DistillationNet(nn.Module):
         c = self.cfg.num_feat
         conv = self.fusion
         w = conv.weight.reshape(c, -1)[:, k * c:(k + 1) * c]
-        if acc is None:
-            return pointwise(out, w, conv.bias)
-        if torch.is_grad_enabled() or acc.dtype != w.dtype or out.dtype != w.dtype:
-            return acc + pointwise(out, w)  # (under autocast the matmul is autocast too)
-        if acc.is_contiguous(memory_format=torch.channels_last) and acc.shape[1] > 1:
-            flat = acc.permute(0, 2, 3, 1).reshape(-1, c)  # a view of acc
-            flat.addmm_(out.permute(0, 2, 3, 1).reshape(-1, c), w.t())
-            return acc
-        return acc.add_(pointwise(out, w))
+        return pointwise_acc(acc, out, w, conv.bias if acc is None else None)
 
     @sr_forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:

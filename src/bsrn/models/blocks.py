@@ -155,6 +155,15 @@ def conv_act(conv: nn.Module, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return y if getattr(conv, "applies_act", False) else act_(act, y)
 
 
+def conv_add_act(conv: nn.Module, act: nn.Module, x: torch.Tensor,
+                 res: torch.Tensor) -> torch.Tensor:
+    """``act(conv(x) + res)``, the shallow residual step; a conv into which ``bsrn.rewrite``
+    fused the residual sum (``adds_residual``) is called with ``res``."""
+    if getattr(conv, "adds_residual", False):
+        return act_(act, conv(x, res))
+    return act_(act, add_(conv(x), res))
+
+
 def add_(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``x + y``, in place on the fresh intermediate ``x`` when autograd is off."""
     return x.add_(y) if not torch.is_grad_enabled() else x + y
@@ -165,10 +174,46 @@ def mul_(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return x.mul_(y) if not torch.is_grad_enabled() else x * y
 
 
+def _nhwc(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def pointwise_acc(acc: torch.Tensor | None, x: torch.Tensor, weight: torch.Tensor,
+                  bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``acc + W x`` for a 1x1 conv weight slice W (Cout, Cin_part): one term of a 1x1 conv over a
+    channel concatenation, so the concatenation is never built. ``acc`` None starts the sum
+    (with ``bias``); otherwise ``acc`` is updated in place when autograd is off."""
+    weight = weight.reshape(weight.shape[0], -1)
+    if acc is None:
+        return pointwise(x, weight, bias)
+    if torch.is_grad_enabled() or acc.dtype != weight.dtype or x.dtype != weight.dtype:
+        return acc + pointwise(x, weight)  # (under autocast the matmul is autocast too)
+    if _nhwc(acc) and _nhwc(x):
+        c = acc.shape[1]
+        flat = acc.permute(0, 2, 3, 1).reshape(-1, c)  # a view of acc
+        flat.addmm_(x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]), weight.t())
+        return acc
+    return acc.add_(pointwise(x, weight))
+
+
+def pointwise_cat(conv: nn.Module, parts: list[torch.Tensor]) -> torch.Tensor:
+    """``conv(torch.cat(parts, 1))`` for a 1x1 ``conv``; on channels_last without autograd it is
+    accumulated part by part (:func:`pointwise_acc`), which skips writing the concatenation."""
+    if torch.is_grad_enabled() or not all(_nhwc(p) for p in parts) or \
+            parts[0].dtype != conv.weight.dtype:
+        return conv(torch.cat(parts, dim=1))
+    w = conv.weight.reshape(conv.weight.shape[0], -1)
+    acc, i = None, 0
+    for p in parts:
+        acc = pointwise_acc(acc, p, w[:, i:i + p.shape[1]], conv.bias if acc is None else None)
+        i += p.shape[1]
+    return acc
+
+
 def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
     """A 1x1 conv with ``weight`` (Cout, Cin): a matmul over the channel dim for channels_last
     ``x`` (zero-copy NHWC view, channels_last out), ``F.conv2d`` otherwise."""
     weight = weight.reshape(weight.shape[0], -1)
-    if x.dim() == 4 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last):
+    if _nhwc(x):
         return F.linear(x.permute(0, 2, 3, 1), weight, bias).permute(0, 3, 1, 2)
     return F.conv2d(x, weight[:, :, None, None], bias)
