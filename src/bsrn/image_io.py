@@ -54,6 +54,9 @@ _SINGLE_IMAGE_FORMATS = ("MPO", "PSD", "ICO", "ICNS", "CUR")  # extra frames: pr
 DEFAULT_MAX_PIXELS = 100_000_000
 """Decompression-bomb limit for ``read_image``: 100 megapixels (width x height of the input)."""
 JPEG_QUALITY = 95
+#: zlib level of written PNGs: 3 writes a 33-megapixel SR output about 2x faster than Pillow's
+#: default 6, for files about a quarter larger (OpenCV, and so most SR tools, write level 1).
+PNG_COMPRESS_LEVEL = 3
 
 _FORMAT_OF_EXT = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP",
                   ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
@@ -568,6 +571,8 @@ def write_image(path: str | os.PathLike, pixels: np.ndarray, icc_profile: bytes 
         kw.update(quality=quality, subsampling=0)
     elif fmt == "WEBP":
         kw.update(quality=quality)
+    elif fmt == "PNG":
+        kw.update(compress_level=PNG_COMPRESS_LEVEL)
 
     def save(tmp):
         try:
@@ -587,7 +592,7 @@ def write_image(path: str | os.PathLike, pixels: np.ndarray, icc_profile: bytes 
 def write_png(path: str | os.PathLike, arr: np.ndarray) -> None:
     """Write an HxW or HxWxC uint8 array as PNG, atomically."""
     img = Image.fromarray(arr)
-    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL))
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -608,7 +613,7 @@ def _png16_bytes(a: np.ndarray, icc: bytes | None) -> bytes:
            _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, (0, 4, 2, 6)[c - 1], 0, 0, 0))]
     if icc:
         out.append(_png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc)))
-    out.append(_png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)))
+    out.append(_png_chunk(b"IDAT", zlib.compress(rows.tobytes(), PNG_COMPRESS_LEVEL)))
     out.append(_png_chunk(b"IEND", b""))
     return b"".join(out)
 

@@ -1,6 +1,6 @@
 """INT8 post-training quantisation (static, per-channel weights) for ONNX Runtime and OpenVINO.
 
-The network is exported to ONNX (the plain graph, so that node names keep the module paths),
+The network is exported to ONNX (input replication folded; node names keep the module paths),
 calibrated on LR patches made from a folder of HR images with MATLAB bicubic
 (:func:`bsrn.imresize.bicubic_downscale`), and quantised by the runtime's own tool: ONNX
 Runtime's QDQ ``quantize_static`` or OpenVINO NNCF's ``nncf.quantize``. Convolutions are the
@@ -377,7 +377,7 @@ def quantize(weights, calib, out, runtime: str = "onnxruntime", images: int = 32
     patches = calibration_patches(calib, scale, images, progress=progress)
     with tempfile.TemporaryDirectory(prefix="bsrn-quant-") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
-        export_onnx(model, fp32, optimize=False, verify=True)
+        export_onnx(model, fp32, optimize=True, verify=True)  # (fold: same node names)
         groups = layer_groups(fp32)
         if not groups:
             raise BsrnError(f"{weights}: no BSRN layer groups found in the exported graph")
