@@ -3,6 +3,7 @@ not through bsrn's runner) and compared with PyTorch; the CLI names and checks t
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import subprocess
@@ -209,3 +210,29 @@ def test_cli_input_size_is_for_tflite(tiny_x2_weights, tmp_path, capsys):
                  "--input-size", "20x26"]) != 0
     assert "--input-size is for --format tflite" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fake,message", [
+    ("raise ImportError('blocked')", r"LiteRT export needs litert-torch \(pip install"),
+    ("def convert(*a, **k):\n    raise RuntimeError('Lowering not found: aten.foo\\nmore')",
+     r"m.tflite: LiteRT conversion failed: Lowering not found: aten.foo$"),
+    ("def convert(*a, **k):\n    import os, signal\n    os.kill(os.getpid(), signal.SIGSEGV)",
+     r"m.tflite: export crashed in litert-torch/LiteRT \(signal 11\)$"),
+])
+def test_tflite_converter_failures_are_one_line(model, tmp_path, monkeypatch, fake, message):
+    """A missing, failing or crashing converter (a stand-in package on the child's path) is one
+    BsrnError line, and nothing is written."""
+    from bsrn.errors import BsrnError
+    from bsrn.export import export_tflite
+
+    fake_dir = tmp_path / "fake" / "litert_torch"
+    fake_dir.mkdir(parents=True)
+    (fake_dir / "__init__.py").write_text(fake + "\n")
+    monkeypatch.setenv("PYTHONPATH", f"{fake_dir.parent}{os.pathsep}"
+                       f"{os.environ.get('PYTHONPATH', '')}")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(BsrnError, match=message) as e:
+        export_tflite(model, out / "m.tflite", (16, 16))
+    assert "\n" not in str(e.value)
+    assert list(out.iterdir()) == []

@@ -3,7 +3,8 @@
 
 :func:`load_graph` returns an ``nn.Module`` whose forward takes and returns NCHW float32 RGB in
 [0, 1] like the PyTorch networks, with ``scale`` and ``min_size`` read from the file's metadata
-(written by :func:`bsrn.export.export_onnx`). The session is built once and runs on the CPU.
+(written by :func:`bsrn.export.export_onnx`; for LiteRT, the scale from the tensor shapes).
+The session is built once and runs on the CPU.
 """
 from __future__ import annotations
 
