@@ -213,7 +213,7 @@ def test_cli_input_size_is_for_tflite(tiny_x2_weights, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("fake,message", [
-    ("raise ImportError('blocked')", r"LiteRT export needs litert-torch \(pip install"),
+    ("raise ImportError('blocked')", r'LiteRT export needs litert_torch, .*\[tflite\]"$'),
     ("def convert(*a, **k):\n    raise RuntimeError('Lowering not found: aten.foo\\nmore')",
      r"m.tflite: LiteRT conversion failed: Lowering not found: aten.foo$"),
     ("def convert(*a, **k):\n    import os, signal\n    os.kill(os.getpid(), signal.SIGSEGV)",
@@ -228,6 +228,7 @@ def test_tflite_converter_failures_are_one_line(model, tmp_path, monkeypatch, fa
     fake_dir = tmp_path / "fake" / "litert_torch"
     fake_dir.mkdir(parents=True)
     (fake_dir / "__init__.py").write_text(fake + "\n")
+    monkeypatch.syspath_prepend(str(fake_dir.parent))  # found here, imported by the child
     monkeypatch.setenv("PYTHONPATH", f"{fake_dir.parent}{os.pathsep}"
                        f"{os.environ.get('PYTHONPATH', '')}")
     out = tmp_path / "out"

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from .atomic import atomic_write
-from .errors import BsrnError, ConfigError
-from .extras import require
+from .errors import BsrnError, ConfigError, MissingDependencyError
+from .extras import missing_message, require
 
 #: Sizes (N, H, W) checked after export: minimum, odd, batch 2 non-square.
 VERIFY_SIZES = ((1, 15, 15), (1, 37, 53), (2, 24, 31))
@@ -451,8 +451,12 @@ def export_tflite(model: nn.Module, path: str | os.PathLike, size=TFLITE_SIZE,
     child process, like pnnx; a failure there is a one-line BsrnError here. Height and width
     are static because the converter bakes ESA's resize size into the graph.
     """
+    import importlib.util
+
     path = Path(path)
     h, w = _check_tflite_args(model, path, size)
+    if importlib.util.find_spec("litert_torch") is None:
+        raise MissingDependencyError(missing_message("litert_torch", "LiteRT export"))
     return _export_in_child("_export_tflite_here", model, path, verify, "litert-torch/LiteRT",
                             size=[h, w])
 
@@ -460,10 +464,7 @@ def export_tflite(model: nn.Module, path: str | os.PathLike, size=TFLITE_SIZE,
 def _export_tflite_here(model: nn.Module, path: str | os.PathLike, verify: bool = True,
                         size=TFLITE_SIZE) -> dict:
     """:func:`export_tflite` in this process."""
-    try:
-        import litert_torch
-    except ImportError:
-        raise BsrnError("LiteRT export needs litert-torch (pip install 'bsrn[tflite]')") from None
+    litert_torch = require("litert_torch", "LiteRT export")
     from .runtimes import TfliteModel
 
     path = Path(path)

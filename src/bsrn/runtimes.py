@@ -213,8 +213,10 @@ class TfliteModel(GraphModel):
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:
-            raise CheckpointError(f"{path}: running LiteRT files needs ai-edge-litert "
-                                  "(pip install 'bsrn[tflite]')") from None
+            from .extras import missing_message
+
+            raise CheckpointError(missing_message("ai_edge_litert",
+                                                  f"{path}: running LiteRT files")) from None
         try:
             self.interpreter = Interpreter(model_path=str(path),
                                            num_threads=threads or max(1, torch.get_num_threads()))
