@@ -458,7 +458,7 @@ def _run_export_edge(args, fmt, model):
         res = export(model, args.out, verify=args.verify)
         inputs = f"inputs >= {getattr(model, 'min_size', 1)} px"
     what = {"openvino": "OpenVINO IR", "ncnn": "ncnn (pnnx)",
-            "tflite": "LiteRT (litert-torch)"}[fmt]
+            "tflite": "LiteRT via litert-torch"}[fmt]
     print(f"wrote {' + '.join(res['files'])} ({what}, x{model.scale}, {inputs})")
     if "max_abs_diff" in res:
         checks = ", ".join(f"{k} {v:.1e}" for k, v in res["max_abs_diff"].items())
