@@ -109,6 +109,7 @@ def main() -> int:
             "--limit", "1", "--device", "cpu", "--quiet")
         run("export", d / "m.pt", "--weights", "bsrn-x2")
         run("export", d / "m.onnx", "--weights", "bsrn-x2", expect="extra", extra="onnx")
+        run("export", d / "m.tflite", "--weights", "bsrn-x2", expect="extra", extra="tflite")
         run_dir = d / "run"
         run_dir.mkdir()
         (run_dir / "log.jsonl").write_text(

@@ -1,8 +1,9 @@
-"""OpenVINO IR and ncnn exports: each written file is run in its own runtime (directly, not
-through bsrn's runner) and compared with PyTorch; the CLI names and checks them."""
+"""OpenVINO IR, ncnn and LiteRT exports: each written file is run in its own runtime (directly,
+not through bsrn's runner) and compared with PyTorch; the CLI names and checks them."""
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import subprocess
@@ -37,7 +38,7 @@ def test_every_export_format_is_tested():
     """The formats `bsrn export --format` offers are those with round-trip tests."""
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     fmt = next(a for a in sub.choices["export"]._actions if a.dest == "format")
-    assert set(fmt.choices) == {"onnx", "torchscript", "openvino", "ncnn"}
+    assert set(fmt.choices) == {"onnx", "torchscript", "openvino", "ncnn", "tflite"}
 
 
 def test_openvino_round_trip(model, tmp_path):
@@ -116,12 +117,17 @@ with net.create_extractor() as ex:
 
 
 def test_edge_exports_check_suffix(model, tmp_path):
-    from bsrn.export import export_ncnn, export_openvino
+    from bsrn.export import export_ncnn, export_openvino, export_tflite
 
     with pytest.raises(ConfigError, match="xml"):
         export_openvino(model, tmp_path / "m.onnx")
     with pytest.raises(ConfigError, match="param"):
         export_ncnn(model, tmp_path / "m.bin")
+    with pytest.raises(ConfigError, match="tflite"):
+        export_tflite(model, tmp_path / "m.onnx")
+    with pytest.raises(ConfigError, match="below the network's minimum of 15"):
+        export_tflite(model, tmp_path / "m.tflite", (14, 32))
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("fmt,name,runtime", [("openvino", "x2.xml", "openvino"),
@@ -138,3 +144,96 @@ def test_cli_export_edge(tiny_x2_weights, tmp_path, capsys, fmt, name, runtime):
     text = capsys.readouterr().out
     assert f"verified in {fmt}" in text and "photo 48x64" in text
     assert out.is_file() and out.with_suffix(".bin").is_file()
+
+
+def test_tflite_round_trip(model, tmp_path):
+    _need_without_import("litert_torch", "ai_edge_litert")
+    from bsrn.errors import CheckpointError
+    from bsrn.export import export_tflite
+
+    path = tmp_path / "m.tflite"
+    res = export_tflite(model, path, (24, 32))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite"]
+    assert res["input_shape"] == [1, 3, 24, 32]
+    assert set(res["max_abs_diff"]) == {"photo 24x32", "1x24x32 smooth"}
+    assert max(res["max_abs_diff"].values()) < 1e-3
+    # independent run: the LiteRT interpreter's own API on an input the exporter did not check
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path), num_threads=1)
+    it.allocate_tensors()
+    (inp,), (out,) = it.get_input_details(), it.get_output_details()
+    assert list(inp["shape_signature"]) == [1, 3, 24, 32]  # static: the file takes this only
+    x = torch.rand(1, 3, 24, 32, generator=torch.Generator().manual_seed(5))
+    it.set_tensor(inp["index"], x.numpy())
+    it.invoke()
+    got = it.get_tensor(out["index"])
+    ref = _torch(model, x)
+    assert got.shape == ref.shape == (1, 3, 72, 96)
+    assert np.abs(got - ref).max() < 1e-3
+    # the bundled runner reads the scale from the shapes, runs a batch image by image and
+    # refuses other sizes in one line
+    from bsrn.checkpoint import load_model
+
+    runner = load_model(path)
+    assert runner.scale == 3 and runner.runtime == "litert"
+    x2 = torch.cat([x, x.flip(-1)])
+    assert np.abs(runner(x2).numpy() - _torch(model, x2)).max() < 1e-3
+    with pytest.raises(CheckpointError, match=r"takes 24x32 inputs only \(got 24x31\)"):
+        runner(x[..., :31])
+
+
+def test_cli_export_tflite(tiny_x2_weights, tmp_path, capsys):
+    _need_without_import("litert_torch", "ai_edge_litert")
+    out = tmp_path / "x2.tflite"
+    assert main(["export", str(out), "--weights", tiny_x2_weights, "--input-size", "20x26"]) == 0
+    text = capsys.readouterr().out
+    assert "verified in tflite" in text and "photo 20x26" in text and "1x3x20x26 only" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x2.tflite"]
+    # bsrn upscale runs it on an image of its size, and refuses another size in one line
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 26, 3), np.uint8)).save(
+        tmp_path / "a.png")
+    Image.fromarray(np.zeros((21, 26, 3), np.uint8)).save(tmp_path / "b.png")
+    assert main(["upscale", str(tmp_path / "a.png"), "--weights", str(out), "-o",
+                 str(tmp_path / "a_x2.png"), "-q"]) == 0
+    assert Image.open(tmp_path / "a_x2.png").size == (52, 40)
+    assert main(["upscale", str(tmp_path / "b.png"), "--weights", str(out), "-o",
+                 str(tmp_path / "b_x2.png"), "-q"]) != 0
+    assert "takes 20x26 inputs only" in capsys.readouterr().err
+    assert not (tmp_path / "b_x2.png").exists()
+
+
+def test_cli_input_size_is_for_tflite(tiny_x2_weights, tmp_path, capsys):
+    assert main(["export", str(tmp_path / "m.onnx"), "--weights", tiny_x2_weights,
+                 "--input-size", "20x26"]) != 0
+    assert "--input-size is for --format tflite" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fake,message", [
+    ("raise ImportError('blocked')", r'LiteRT export needs litert_torch, .*\[tflite\]"$'),
+    ("def convert(*a, **k):\n    raise RuntimeError('Lowering not found: aten.foo\\nmore')",
+     r"m.tflite: LiteRT conversion failed: Lowering not found: aten.foo$"),
+    ("def convert(*a, **k):\n    import os, signal\n    os.kill(os.getpid(), signal.SIGSEGV)",
+     r"m.tflite: export crashed in litert-torch/LiteRT \(signal 11\)$"),
+])
+def test_tflite_converter_failures_are_one_line(model, tmp_path, monkeypatch, fake, message):
+    """A missing, failing or crashing converter (a stand-in package on the child's path) is one
+    BsrnError line, and nothing is written."""
+    from bsrn.errors import BsrnError
+    from bsrn.export import export_tflite
+
+    fake_dir = tmp_path / "fake" / "litert_torch"
+    fake_dir.mkdir(parents=True)
+    (fake_dir / "__init__.py").write_text(fake + "\n")
+    monkeypatch.syspath_prepend(str(fake_dir.parent))  # found here, imported by the child
+    monkeypatch.setenv("PYTHONPATH", f"{fake_dir.parent}{os.pathsep}"
+                       f"{os.environ.get('PYTHONPATH', '')}")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(BsrnError, match=message) as e:
+        export_tflite(model, out / "m.tflite", (16, 16))
+    assert "\n" not in str(e.value)
+    assert list(out.iterdir()) == []

@@ -326,19 +326,23 @@ def _run_upscale(args):
 
 def _add_export(sub):
     p = sub.add_parser(
-        "export", help="export weights to ONNX, TorchScript, OpenVINO or ncnn (verified after "
-                       "writing)",
+        "export", help="export weights to ONNX, TorchScript, OpenVINO, ncnn or LiteRT (verified "
+                       "after writing)",
         description="Export a model to ONNX (input 'input', output 'output', NCHW float32 RGB "
                     "in [0, 1], dynamic batch/height/width) or TorchScript, then check the file "
                     "against PyTorch at several sizes (odd ones and batch 2 included). "
-                    "OpenVINO IR (.xml + .bin) and ncnn (.param + .bin, through pnnx) are also "
-                    "run in their own runtimes on a crop of a real photo.")
-    p.add_argument("out", metavar="OUT", help="output file (.onnx, .pt, .xml or .param)")
+                    "OpenVINO IR (.xml + .bin), ncnn (.param + .bin, through pnnx) and LiteRT "
+                    "(.tflite, through litert-torch; one static input size) are also run in "
+                    "their own runtimes on a crop of a real photo.")
+    p.add_argument("out", metavar="OUT", help="output file (.onnx, .pt, .xml, .param or .tflite)")
     p.add_argument("--weights", required=True, metavar="NAME|PATH",
                    help="bundled name (bsrn-x2/3/4) or any weights file")
-    p.add_argument("--format", choices=["onnx", "torchscript", "openvino", "ncnn"], default=None,
+    p.add_argument("--format", choices=["onnx", "torchscript", "openvino", "ncnn", "tflite"],
+                   default=None,
                    help="default: from OUT's extension (.onnx -> onnx, .xml -> openvino, "
-                        ".param -> ncnn, otherwise torchscript)")
+                        ".param -> ncnn, .tflite -> tflite, otherwise torchscript)")
+    p.add_argument("--input-size", default=None, metavar="HxW",
+                   help="tflite: the one LR input size the file takes (default 128x128)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--dynamo", action="store_true",
                    help="use the torch.export-based ONNX exporter (needs --opset >= 18)")
@@ -356,13 +360,16 @@ def _run_export(args):
     from pathlib import Path
 
     from .checkpoint import load_model, resolve_weights
+    from .errors import ConfigError
     from .export import export_onnx, export_torchscript
 
     suffix = Path(args.out).suffix.lower()
-    fmt = args.format or {".onnx": "onnx", ".xml": "openvino", ".param": "ncnn"}.get(
-        suffix, "torchscript")
+    fmt = args.format or {".onnx": "onnx", ".xml": "openvino", ".param": "ncnn",
+                          ".tflite": "tflite"}.get(suffix, "torchscript")
+    if args.input_size is not None and fmt != "tflite":
+        raise ConfigError("--input-size is for --format tflite (the other formats take any size)")
     model = load_model(resolve_weights(args.weights))
-    if fmt in ("openvino", "ncnn"):
+    if fmt in ("openvino", "ncnn", "tflite"):
         return _run_export_edge(args, fmt, model)
     if fmt == "onnx":
         opt = True if args.optimize is None else args.optimize
@@ -439,13 +446,20 @@ def _run_quantize(args):
 
 
 def _run_export_edge(args, fmt, model):
-    from .export import export_ncnn, export_openvino
+    from .export import TFLITE_SIZE, export_ncnn, export_openvino, export_tflite
+    from .profile import parse_hw
 
-    export = export_openvino if fmt == "openvino" else export_ncnn
-    res = export(model, args.out, verify=args.verify)
-    what = {"openvino": "OpenVINO IR", "ncnn": "ncnn (pnnx)"}[fmt]
-    print(f"wrote {' + '.join(res['files'])} ({what}, x{model.scale}, inputs >= "
-          f"{getattr(model, 'min_size', 1)} px)")
+    if fmt == "tflite":
+        size = parse_hw(args.input_size) if args.input_size else TFLITE_SIZE
+        res = export_tflite(model, args.out, size, verify=args.verify)
+        inputs = "input " + "x".join(map(str, res["input_shape"])) + " only"
+    else:
+        export = export_openvino if fmt == "openvino" else export_ncnn
+        res = export(model, args.out, verify=args.verify)
+        inputs = f"inputs >= {getattr(model, 'min_size', 1)} px"
+    what = {"openvino": "OpenVINO IR", "ncnn": "ncnn (pnnx)",
+            "tflite": "LiteRT via litert-torch"}[fmt]
+    print(f"wrote {' + '.join(res['files'])} ({what}, x{model.scale}, {inputs})")
     if "max_abs_diff" in res:
         checks = ", ".join(f"{k} {v:.1e}" for k, v in res["max_abs_diff"].items())
         print(f"verified in {fmt} (CPU, fp32) against PyTorch, max |diff|: {checks}")

@@ -1,4 +1,5 @@
-"""Export to ONNX and TorchScript, verified against PyTorch after writing.
+"""Export to ONNX and TorchScript (and OpenVINO IR, ncnn, LiteRT), verified against PyTorch
+after writing.
 
 ONNX conventions (those of the SR ecosystem): input ``input`` and output ``output``, NCHW float32
 RGB in [0, 1], dynamic batch, height and width; opset 17 by default through the legacy
@@ -26,8 +27,8 @@ import torch
 from torch import nn
 
 from .atomic import atomic_write
-from .errors import BsrnError, ConfigError
-from .extras import require
+from .errors import BsrnError, ConfigError, MissingDependencyError
+from .extras import missing_message, require
 
 #: Sizes (N, H, W) checked after export: minimum, odd, batch 2 non-square.
 VERIFY_SIZES = ((1, 15, 15), (1, 37, 53), (2, 24, 31))
@@ -259,20 +260,39 @@ SAMPLE_PHOTO = Path(__file__).parent / "samples" / "sample.png"
 
 
 def _photo_crop(h: int = 48, w: int = 64) -> torch.Tensor:
-    """(1, 3, h, w) float32 crop of the bundled sample photo, in [0, 1]."""
+    """(1, 3, h, w) float32 crop of the bundled sample photo, in [0, 1] (mirrored beyond its
+    edges when larger than the photo)."""
     from .image_io import read_rgb_uint8
     from .metrics import uint8_to_tensor
 
-    return uint8_to_tensor(read_rgb_uint8(SAMPLE_PHOTO)[:h, :w].copy())
+    img = read_rgb_uint8(SAMPLE_PHOTO)
+    img = np.pad(img, ((0, max(0, h - img.shape[0])), (0, max(0, w - img.shape[1])), (0, 0)),
+                 mode="symmetric")
+    return uint8_to_tensor(img[:h, :w].copy())
+
+
+def _smooth_dummy(model: nn.Module, n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """Random input with a photo's smoothness: uniform noise at 1/8 resolution, bilinear up.
+    (On white noise at large sizes the official weights amplify the rounding differences
+    between runtimes to 1e-4..1e-3, ONNX Runtime's included: that measures the network, not
+    the file.)"""
+    low = _dummy(model, n, max(1, h // 8), max(1, w // 8), seed)
+    return torch.nn.functional.interpolate(low, size=(h, w), mode="bilinear",
+                                           align_corners=False)
 
 
 def verify_runtime(runner: nn.Module, model: nn.Module, name: str, path,
-                   sizes=VERIFY_SIZES) -> dict[str, float]:
-    """Run ``runner`` (a :mod:`bsrn.runtimes` model) on a crop of the sample photo and at
-    ``sizes`` and compare with ``model``; returns {"photo HxW" | "NxHxW": max |diff|}."""
-    inputs = {"photo 48x64": _photo_crop()}
+                   sizes=VERIFY_SIZES, photo: tuple[int, int] = (48, 64),
+                   smooth: bool = False) -> dict[str, float]:
+    """Run ``runner`` (a :mod:`bsrn.runtimes` model) on a ``photo`` (H, W) crop of the sample
+    photo and on random inputs at ``sizes`` (``smooth``: :func:`_smooth_dummy`) and compare with
+    ``model``; returns {"photo HxW" | "NxHxW" | "NxHxW smooth": max |diff|}."""
+    inputs = {f"photo {photo[0]}x{photo[1]}": _photo_crop(*photo)}
     for i, (n, h, w) in enumerate(sizes):
-        inputs[f"{n}x{h}x{w}"] = _dummy(model, n, h, w, seed=i)
+        if smooth:
+            inputs[f"{n}x{h}x{w} smooth"] = _smooth_dummy(model, n, h, w, seed=i)
+        else:
+            inputs[f"{n}x{h}x{w}"] = _dummy(model, n, h, w, seed=i)
     out = {}
     for key, x in inputs.items():
         with torch.no_grad():
@@ -343,28 +363,38 @@ def export_ncnn(model: nn.Module, path: str | os.PathLike, verify: bool = True) 
     and the check run in a child process; a crash there is a one-line BsrnError here. ncnn runs
     one image at a time: the check uses batch 1.
     """
+    path = Path(path)
+    if path.suffix.lower() != ".param":
+        raise ConfigError(f"{path}: an ncnn model is written as .param (+ .bin)")
+    return _export_in_child("_export_ncnn_here", model, path, verify, "pnnx/ncnn")
+
+
+def _export_in_child(func: str, model: nn.Module, path: Path, verify: bool, what: str,
+                     **kwargs) -> dict:
+    """Run the exporter ``bsrn.export.<func>(model, path, verify, **kwargs)`` in a child
+    process (for converters and runtimes in native code that can crash the process); returns
+    its result; a failure or crash there is one BsrnError line here."""
     import json
     import subprocess
     import tempfile
 
     from .checkpoint import save_model
 
-    path = Path(path)
-    if path.suffix.lower() != ".param":
-        raise ConfigError(f"{path}: an ncnn model is written as .param (+ .bin)")
     code = ("import json, sys\n"
+            "from bsrn import export\n"
             "from bsrn.checkpoint import load_model\n"
-            "from bsrn.export import _export_ncnn_here\n"
-            "r = _export_ncnn_here(load_model(sys.argv[1]), sys.argv[2], sys.argv[3] == '1')\n"
+            f"r = export.{func}(load_model(sys.argv[1]), sys.argv[2], sys.argv[3] == '1', "
+            "**json.loads(sys.argv[4]))\n"
             "print(json.dumps(r))")
-    with tempfile.TemporaryDirectory(prefix="bsrn-ncnn-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bsrn-export-") as tmp:
         weights = save_model(model.float().cpu(), Path(tmp) / "model.safetensors")
         proc = subprocess.run([sys.executable, "-c", code, str(weights), str(path),
-                               "1" if verify else "0"], capture_output=True, text=True)
+                               "1" if verify else "0", json.dumps(kwargs)],
+                              capture_output=True, text=True)
     if proc.returncode == 0:
         return json.loads(proc.stdout.strip().splitlines()[-1])
     if proc.returncode < 0:
-        raise BsrnError(f"{path}: ncnn export crashed in pnnx/ncnn (signal {-proc.returncode})")
+        raise BsrnError(f"{path}: export crashed in {what} (signal {-proc.returncode})")
     last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
     raise BsrnError(last.split("Error: ", 1)[-1] if "Error: " in last else last)
 
@@ -407,4 +437,73 @@ def _export_ncnn_here(model: nn.Module, path: str | os.PathLike, verify: bool = 
     if verify:
         runner = NcnnModel(path, int(src.scale), int(getattr(src, "min_size", 1)))
         result["max_abs_diff"] = verify_runtime(runner, src, "ncnn", path, sizes)
+    return result
+
+
+#: LR input size (H, W) of a LiteRT export when none is given: a .tflite file has one static shape.
+TFLITE_SIZE = (128, 128)
+
+
+def _check_tflite_args(model: nn.Module, path: Path, size) -> tuple[int, int]:
+    if path.suffix.lower() != ".tflite":
+        raise ConfigError(f"{path}: a LiteRT model is written as .tflite")
+    h, w = (int(v) for v in size)
+    low = int(getattr(model, "min_size", 1))
+    if min(h, w) < low:
+        raise ConfigError(f"{path}: the LiteRT input size {h}x{w} is below the network's "
+                          f"minimum of {low} px")
+    return h, w
+
+
+def export_tflite(model: nn.Module, path: str | os.PathLike, size=TFLITE_SIZE,
+                  verify: bool = True) -> dict:
+    """Write ``model`` as a LiteRT (TFLite) flatbuffer through litert-torch, for inputs of the
+    one static shape (1, 3, H, W) given by ``size``, NCHW float32 RGB in [0, 1], and verify it
+    in the LiteRT interpreter (CPU, fp32) against PyTorch.
+
+    The converter (jax, the LiteRT converter) and the runtime are native code: both run in a
+    child process, like pnnx; a failure there is a one-line BsrnError here. Height and width
+    are static because the converter bakes ESA's resize size into the graph. The check runs a
+    crop of the sample photo and smooth random input (:func:`_smooth_dummy`) of that size.
+    """
+    import importlib.util
+
+    path = Path(path)
+    h, w = _check_tflite_args(model, path, size)
+    if importlib.util.find_spec("litert_torch") is None:
+        raise MissingDependencyError(missing_message("litert_torch", "LiteRT export"))
+    return _export_in_child("_export_tflite_here", model, path, verify, "litert-torch/LiteRT",
+                            size=[h, w])
+
+
+def _export_tflite_here(model: nn.Module, path: str | os.PathLike, verify: bool = True,
+                        size=TFLITE_SIZE) -> dict:
+    """:func:`export_tflite` in this process."""
+    litert_torch = require("litert_torch", "LiteRT export")
+    from .runtimes import TfliteModel
+
+    path = Path(path)
+    src = model.eval().float().cpu()
+    h, w = _check_tflite_args(src, path, size)
+    net = _export_module(src, True)
+    x = _dummy(net, 1, h, w)
+    try:
+        with torch.no_grad(), warnings.catch_warnings(), _quiet_fds():
+            warnings.simplefilter("ignore")
+            content = litert_torch.convert(net, (x,)).model_content()
+    except Exception as e:  # noqa: BLE001 - torch.export, jax and the converter raise many types
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise BsrnError(f"{path}: LiteRT conversion failed: {first}") from None
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(content)
+
+    atomic_write(path, write)
+    result = {"path": str(path), "optimized": net is not src, "files": [str(path)],
+              "input_shape": list(x.shape)}
+    if verify:
+        runner = TfliteModel(path)
+        result["max_abs_diff"] = verify_runtime(runner, src, "LiteRT", path, ((1, h, w),),
+                                                photo=(h, w), smooth=True)
     return result

@@ -9,7 +9,8 @@ from .errors import MissingDependencyError
 
 #: Used when the installed metadata cannot say (running from a source tree).
 FALLBACK_EXTRAS = {"matplotlib": "plot", "onnx": "onnx", "onnxruntime": "onnx",
-                   "tensorboard": "tensorboard"}
+                   "tensorboard": "tensorboard", "litert_torch": "tflite",
+                   "ai_edge_litert": "tflite"}
 _DIST_OF_MODULE = {"cv2": "opencv-python", "sklearn": "scikit-learn", "PIL": "pillow",
                    "yaml": "pyyaml"}
 _BROAD_EXTRAS = ("dev", "all", "test", "tests", "docs")

@@ -1,9 +1,10 @@
 """Graph runtimes behind the torch-model contract: ONNX Runtime (``.onnx``) and OpenVINO
-(IR ``.xml``), fp32 or INT8.
+(IR ``.xml``), fp32 or INT8; LiteRT (``.tflite``, one static input size) and ncnn, fp32.
 
 :func:`load_graph` returns an ``nn.Module`` whose forward takes and returns NCHW float32 RGB in
 [0, 1] like the PyTorch networks, with ``scale`` and ``min_size`` read from the file's metadata
-(written by :func:`bsrn.export.export_onnx`). The session is built once and runs on the CPU.
+(written by :func:`bsrn.export.export_onnx`; for LiteRT, the scale from the tensor shapes).
+The session is built once and runs on the CPU.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from torch import nn
 from .errors import CheckpointError
 
 #: File suffixes served by a graph runtime, and the runtime that runs them.
-GRAPH_SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino"}
+GRAPH_SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino", ".tflite": "litert"}
 
 
 def ort_session(path, threads: int | None = None):
@@ -57,7 +58,8 @@ def ov_core():
 
 
 def is_graph_file(path) -> bool:
-    """True for a path that :func:`load_graph` runs (``.onnx`` or OpenVINO ``.xml``)."""
+    """True for a path that :func:`load_graph` runs (``.onnx``, OpenVINO ``.xml``,
+    ``.tflite``)."""
     return isinstance(path, (str, os.PathLike)) and Path(path).suffix.lower() in GRAPH_SUFFIXES
 
 
@@ -236,6 +238,51 @@ class NcnnModel(GraphModel):
         return np.stack(outs)
 
 
+class TfliteModel(GraphModel):
+    """A LiteRT (TFLite) flatbuffer in the LiteRT interpreter on the CPU (fp32). The file has
+    one static input shape (1, 3, H, W): other sizes are refused; a batch runs image by image."""
+
+    def __init__(self, path, threads: int | None = None):
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            from .extras import missing_message
+
+            raise CheckpointError(missing_message("ai_edge_litert",
+                                                  f"{path}: running LiteRT files")) from None
+        try:
+            self.interpreter = Interpreter(model_path=str(path),
+                                           num_threads=threads or max(1, torch.get_num_threads()))
+            self.interpreter.allocate_tensors()
+            (inp,), (out,) = self.interpreter.get_input_details(), \
+                self.interpreter.get_output_details()
+        except Exception as e:  # noqa: BLE001 - the interpreter raises many types for bad files
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CheckpointError(f"{path}: not a runnable LiteRT model ({first})") from None
+        shape, out_shape = tuple(int(v) for v in inp["shape"]), tuple(int(v) for v in out["shape"])
+        if len(shape) != 4 or shape[:2] != (1, 3) or len(out_shape) != 4 or \
+                out_shape[2] % shape[2] or out_shape[2] * shape[3] != out_shape[3] * shape[2]:
+            raise CheckpointError(f"{path}: not a bsrn LiteRT export (input {list(shape)}, "
+                                  f"output {list(out_shape)}; expected NCHW 1x3xHxW -> "
+                                  "1x3x(sH)x(sW))")
+        super().__init__(path, "litert", out_shape[2] // shape[2], 1, threads)
+        self.input_shape = shape
+        self.in_index, self.out_index = inp["index"], out["index"]
+
+    def run(self, x):
+        if tuple(x.shape[1:]) != self.input_shape[1:]:
+            h, w = self.input_shape[2:]
+            raise CheckpointError(f"{self.source}: this LiteRT file takes {h}x{w} inputs only "
+                                  f"(got {x.shape[2]}x{x.shape[3]}); export one for that size "
+                                  "with bsrn export --input-size")
+        outs = []
+        for img in x:
+            self.interpreter.set_tensor(self.in_index, np.ascontiguousarray(img[None]))
+            self.interpreter.invoke()
+            outs.append(self.interpreter.get_tensor(self.out_index)[0].copy())
+        return np.stack(outs)
+
+
 def ncnn_bin_path(param) -> Path:
     """The weights file beside an ncnn ``X.param``: ``X.bin``."""
     return Path(param).with_suffix(".bin")
@@ -268,7 +315,8 @@ def save_openvino_ir(model, out, scale: int, min_size: int) -> None:
 
 
 def load_graph(path, threads: int | None = None) -> GraphModel:
-    """Open an exported ``.onnx`` (ONNX Runtime) or OpenVINO ``.xml`` as a torch-like model."""
+    """Open an exported ``.onnx`` (ONNX Runtime), OpenVINO ``.xml`` or LiteRT ``.tflite`` as a
+    torch-like model."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
@@ -277,4 +325,6 @@ def load_graph(path, threads: int | None = None) -> GraphModel:
         return OnnxRuntimeModel(path, threads)
     if runtime == "openvino":
         return OpenVINOModel(path, threads)
+    if runtime == "litert":
+        return TfliteModel(path, threads)
     raise CheckpointError(f"{path}: not a graph file ({', '.join(GRAPH_SUFFIXES)})")
