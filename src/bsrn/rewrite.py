@@ -12,10 +12,9 @@ up to float summation order:
   takes a slow non-oneDNN path on CPU; channels_last also puts the depthwise 3x3 on oneDNN.
 - ``act``: on the CPU, a conv whose output goes straight into the activation (the distilled
   1x1s ``c{i}_d``, ``c4``, ESA's ``conv_max`` and ``conv3``) runs as one oneDNN primitive with
-  the activation as a post-op, a 1x1 conv with a bias gets its bias inside the matmul, and the
-  shallow residual steps ``c{i}_r`` get their residual sum as a post-op of the 3x3 conv
-  (``torch.ops.mkldnn`` pointwise kernels; oneDNN fuses no activation after a sum); each fused
-  kind is checked against PyTorch when the rewrite is applied, and kept only where it is exact.
+  the activation as a post-op, and a 1x1 conv with a bias gets its bias inside the matmul
+  (``torch.ops.mkldnn`` pointwise kernels); each fused kind is checked against PyTorch when the
+  rewrite is applied, and kept only where it is exact.
 - ``dense``: a BSConvU (bias-free pointwise, then depthwise) becomes one dense kxk conv,
   W[o, i] = pw[o, i] * dw[o] (exact at any stride and padding). Per layer, by a policy measured
   per device (``fuse="policy"``), a micro-benchmark (``fuse="measure"``), or by name. Never
@@ -108,73 +107,6 @@ class ConvAct(nn.Module):
                 x, c.weight, c.bias, list(c.padding), list(c.stride), list(c.dilation),
                 c.groups, attr, scalars, algo)
         return self.act(c(x))
-
-
-class ResidualConv(nn.Module):
-    """``conv(pre(x)) + res`` with the sum as a oneDNN post-op of the kxk conv
-    (``adds_residual``): the shallow residual step's conv without its separate add pass."""
-
-    def __init__(self, pre: nn.Module | None, conv: nn.Conv2d):
-        super().__init__()
-        self.pre, self.conv = pre, conv
-        self.adds_residual = True
-
-    def forward(self, x, res):
-        y = self.pre(x) if self.pre is not None else x
-        c = self.conv
-        if _mkldnn_ok(y, c.weight) and res.shape == (y.shape[0], c.out_channels, *y.shape[2:]) \
-                and res.dtype == y.dtype and y.is_contiguous(memory_format=torch.channels_last) \
-                and res.is_contiguous(memory_format=torch.channels_last):
-            return torch.ops.mkldnn._convolution_pointwise.binary(
-                y, res, c.weight, c.bias, list(c.padding), list(c.stride), list(c.dilation),
-                c.groups, "add", None, None, [], None)
-        out = c(y)
-        return out.add_(res) if not torch.is_grad_enabled() else out + res
-
-
-def _with_residual(mod: nn.Module) -> nn.Module | None:
-    """``mod`` (a kxk conv, BSConvU or BSConvS) as a :class:`ResidualConv`, else None."""
-    if not hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
-        return None
-    if type(mod) is nn.Conv2d and mod.kernel_size != (1, 1):
-        return ResidualConv(None, mod)
-    if type(mod) is BSConvU:
-        return ResidualConv(mod.pw, mod.dw)
-    if type(mod) is BSConvS:
-        return ResidualConv(nn.Sequential(mod.pw1, mod.pw2), mod.dw)
-    return None
-
-
-@torch.no_grad()
-def _fuse_residuals(model: nn.Module) -> list[str]:
-    """``act`` (residual part): each block's ``residual_convs`` gets its residual sum as a
-    post-op, where that is exact here (checked once on a small input)."""
-    fused = []
-    for name, owner in list(model.named_modules()):
-        for attr in getattr(owner, "residual_convs", ()):
-            mod = getattr(owner, attr)
-            new = _with_residual(mod)
-            if new is None or not _residual_is_exact(mod, new):
-                continue
-            setattr(owner, attr, new)
-            fused.append(f"{name}.{attr}" if name else attr)
-    return fused
-
-
-def _residual_is_exact(mod: nn.Module, new: nn.Module) -> bool:
-    key = ("residual", type(mod).__name__)
-    if key not in _EXACT_CACHE:
-        c = _in_channels(mod)
-        g = torch.Generator().manual_seed(0)
-        dev = next(mod.parameters()).device
-        x, res = (torch.randn(1, c, 9, 11, generator=g).to(dev).contiguous(
-            memory_format=torch.channels_last) for _ in range(2))
-        try:
-            ok = bool((new(x, res) - (mod(x) + res)).abs().max() <= 1e-5)
-        except RuntimeError:  # the kernel or post-op is missing in this build
-            ok = False
-        _EXACT_CACHE[key] = ok
-    return _EXACT_CACHE[key]
 
 
 def _is_pointwise(m: nn.Module) -> bool:
@@ -434,8 +366,8 @@ def optimize(model: nn.Module, device: str | torch.device = "cpu", rewrites=None
     ``sample_size``, the LR (h, w) you will run), "all", "none", or a set of layer names such as
     {"B1.c1_r"}. ``compile``: ``torch.compile`` the copy. ``cuda_graphs``: replay a captured
     graph per input shape (CUDA only, ignored elsewhere). The copy's ``rewrites``,
-    ``decisions`` (dense or separate, per BSConvU), ``fused_acts`` and ``fused_residuals``
-    attributes say what was applied.
+    ``decisions`` (dense or separate, per BSConvU) and ``fused_acts`` attributes say what was
+    applied.
     """
     device = resolve_device(device)
     rewrites = default_rewrites(device) if rewrites is None else tuple(rewrites)
@@ -450,16 +382,14 @@ def optimize(model: nn.Module, device: str | torch.device = "cpu", rewrites=None
         if "dense" in rewrites:
             decisions = _fuse_dense(fast, fuse, device, tuple(sample_size))
         # (under torch.compile Inductor fuses activations itself and cannot trace these kernels)
-        cpu_act = "act" in rewrites and device.type == "cpu" and not compile
-        acts = _fuse_acts(fast) if cpu_act else []
-        residuals = _fuse_residuals(fast) if cpu_act else []
+        acts = _fuse_acts(fast) if "act" in rewrites and device.type == "cpu" and not compile \
+            else []
         if "matmul" in rewrites:
             _to_matmul(fast)
     fast.requires_grad_(False)
     fast.rewrites = tuple(r for r in REWRITES if r in rewrites)
     fast.decisions = decisions
     fast.fused_acts = acts
-    fast.fused_residuals = residuals
     if cuda_graphs and device.type == "cuda":
         fast = CUDAGraphs(fast)
     if compile:

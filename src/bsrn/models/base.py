@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import ESA_MIN_SIZE
-from .blocks import conv_act, conv_add_act, pointwise_acc, pointwise_cat
+from .blocks import act_, add_, conv_act, pointwise_acc, pointwise_cat
 
 
 class ConfigMixin:
@@ -55,19 +55,17 @@ class DistillationBlock(nn.Module):
 
     #: Convs whose output goes straight into ``act`` (``bsrn.rewrite`` may fuse the two).
     act_convs = ("c1_d", "c2_d", "c3_d", "c4")
-    #: Convs whose output gets the residual added (``bsrn.rewrite`` may fuse the sum).
-    residual_convs = ("c1_r", "c2_r", "c3_r")
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
         """Stage: everything before the attention (c5's output). Four 3x3 convs deep, so a
         tile needs a 4 px halo."""
         act = self.act
         d1 = conv_act(self.c1_d, act, x)
-        r1 = conv_add_act(self.c1_r, act, x, x)
+        r1 = act_(act, add_(self.c1_r(x), x))
         d2 = conv_act(self.c2_d, act, r1)
-        r2 = conv_add_act(self.c2_r, act, r1, r1)
+        r2 = act_(act, add_(self.c2_r(r1), r1))
         d3 = conv_act(self.c3_d, act, r2)
-        r3 = conv_add_act(self.c3_r, act, r2, r2)
+        r3 = act_(act, add_(self.c3_r(r2), r2))
         r4 = conv_act(self.c4, act, r3)
         return pointwise_cat(self.c5, [d1, d2, d3, r4])
 

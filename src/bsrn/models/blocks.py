@@ -155,15 +155,6 @@ def conv_act(conv: nn.Module, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return y if getattr(conv, "applies_act", False) else act_(act, y)
 
 
-def conv_add_act(conv: nn.Module, act: nn.Module, x: torch.Tensor,
-                 res: torch.Tensor) -> torch.Tensor:
-    """``act(conv(x) + res)``, the shallow residual step; a conv into which ``bsrn.rewrite``
-    fused the residual sum (``adds_residual``) is called with ``res``."""
-    if getattr(conv, "adds_residual", False):
-        return act_(act, conv(x, res))
-    return act_(act, add_(conv(x), res))
-
-
 def add_(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``x + y``, in place on the fresh intermediate ``x`` when autograd is off."""
     return x.add_(y) if not torch.is_grad_enabled() else x + y
