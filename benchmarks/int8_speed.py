@@ -82,7 +82,8 @@ def main(argv=None) -> int:
             ca, cb = (statistics.median(cpu[k]) * 1000 for k in ("fp32", "int8"))
             print(f"{rt:12s} wall: fp32 {a:8.1f} ms  int8 {b:8.1f} ms  speed-up x{a / b:.2f} | "
                   f"CPU time: fp32 {ca:8.1f} ms  int8 {cb:8.1f} ms  x{ca / cb:.2f}  "
-                  f"(fp32 kept: {', '.join(res.kept_fp32) or 'nothing'})", flush=True)
+                  f"(kept in float: {', '.join(res.kept_fp32) or 'nothing'}; float parts "
+                  f"{res.float_precision})", flush=True)
     return 0
 
 

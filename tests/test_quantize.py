@@ -169,12 +169,29 @@ def test_openvino_int8(model, weights, calib, tmp_path):
     assert sum(fed_by_fq.values()) >= res.int8_convs - 4  # convs sharing an input share one FQ
     runner = load_model(out)
     assert runner.runtime == "openvino" and runner.scale == 2
+    # float parts in bf16 by default, where the CPU has bf16 units (else fp32)
+    from bsrn.runtimes import ov_has_bf16
+
+    assert res.float_precision == runner.float_precision == "bf16"
+    hint = runner.requests.config["INFERENCE_PRECISION_HINT"]
+    assert hint == ("bf16" if ov_has_bf16() else "f32")
     for size in ((40, 48), (33, 21)):  # a new shape after the first (recompiled, no crash)
         x = _photo(*size)
         with torch.no_grad():
             ref, got = model(x), runner(x)
         assert got.shape == ref.shape
         assert 30 < psnr(_u8(got), _u8(ref)) < 99
+    # asked for fp32 float parts: recorded and honoured
+    out32 = tmp_path / "m.int8f32.xml"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res32 = quantize(weights, calib, out32, runtime="openvino", images=3, keep=("fea_conv",),
+                         progress=False, float_precision="fp32")
+    r32 = load_model(out32)
+    assert res32.float_precision == r32.float_precision == "fp32"
+    assert r32.requests.config["INFERENCE_PRECISION_HINT"] == "f32"
+    with pytest.raises(ConfigError):
+        quantize(weights, calib, tmp_path / "x.onnx", images=3, float_precision="bf16")
 
 
 def test_cli_quantize_and_upscale(weights, calib, tmp_path, capsys):
@@ -184,7 +201,7 @@ def test_cli_quantize_and_upscale(weights, calib, tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert main(args) == 0
-    assert "fp32 kept: fea_conv, B1.distill, c1c2, upsampler" in capsys.readouterr().out
+    assert "kept in float: fea_conv, B1.distill, c1c2, upsampler)" in capsys.readouterr().out
     assert main(args) == 1  # never overwrites unasked
     assert "exists" in capsys.readouterr().err
     assert main(args[:-1] + ["--keep", "nope", "--overwrite", "-q"]) == 1
@@ -202,17 +219,21 @@ def test_cli_quantize_and_upscale(weights, calib, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_official_x4_int8_cost_on_set5(official, dataset, tmp_path):
-    """The default mixed precision costs the official x4 under 0.15 dB on Set5 (ORT)."""
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_official_x4_int8_cost_on_set5(official, dataset, tmp_path, runtime):
+    """The default mixed precision costs the official x4 under 0.15 dB on Set5 (ONNX Runtime;
+    OpenVINO with its float parts in bf16 where the CPU has bf16 units)."""
     from bsrn.quantize import benchmark_pairs, score
     from bsrn.runtimes import load_graph
 
+    if runtime == "openvino":
+        pytest.importorskip("nncf", reason="nncf is not installed")
     w = official("net_g_BSRN_x4.pth")
     calib_dir = dataset("BSD200")
-    out = tmp_path / "x4.int8.onnx"
+    out = tmp_path / ("x4.int8.onnx" if runtime == "onnxruntime" else "x4.int8.xml")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantize(w, calib_dir, out, images=16, progress=False)
+        quantize(w, calib_dir, out, runtime=runtime, images=16, progress=False)
     pairs = benchmark_pairs(dataset("Set5"), 4)
     base = score(load_model(w), pairs, 4, ssim=False)["psnr"]
     q = score(load_graph(out), pairs, 4, ssim=False)["psnr"]

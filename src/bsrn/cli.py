@@ -419,6 +419,9 @@ def _add_quantize(sub):
     p.add_argument("--max-group-cost", type=float, default=DEFAULT_MAX_GROUP_COST,
                    metavar="DB", help="with --sweep and no --keep: keep groups costing more "
                                       f"than this alone (default {DEFAULT_MAX_GROUP_COST} dB)")
+    p.add_argument("--float-precision", choices=("bf16", "fp32"), default=None,
+                   help="openvino: precision of the kept groups and element-wise ops (default "
+                        "bf16, used where the CPU has bf16 units, else fp32); onnxruntime: fp32")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_quantize)
@@ -438,7 +441,8 @@ def _run_quantize(args):
             tuple(g.strip() for g in args.keep.split(",") if g.strip())
     res = quantize(args.weights, args.calib, args.out, runtime=args.runtime, images=args.images,
                    keep=keep, sweep=args.sweep, sweep_images=args.sweep_images,
-                   max_group_cost=args.max_group_cost, progress=not args.quiet)
+                   max_group_cost=args.max_group_cost, progress=not args.quiet,
+                   float_precision=args.float_precision)
     if res.sweep:
         print(format_sweep(res.sweep))
     print(res.summary())

@@ -34,12 +34,24 @@ def ort_session(path, threads: int | None = None):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def ov_config(threads: int | None = None) -> dict:
+#: Float precisions of an OpenVINO graph's float parts: fp32, or bf16 where the CPU has bf16
+#: instructions (an INT8 graph's kept layers and element-wise ops; fp32 on other CPUs).
+OV_FLOAT_PRECISIONS = ("fp32", "bf16")
+
+
+def ov_config(threads: int | None = None, float_precision: str = "fp32") -> dict:
     """OpenVINO CPU settings: latency, ``threads`` threads, float parts in fp32 (on AMX /
-    AVX512-BF16 CPUs the plugin's default is bf16, which would change the results)."""
+    AVX512-BF16 CPUs the plugin's default is bf16, which would change the results), or in bf16
+    when asked and the CPU has it."""
+    hint = "bf16" if float_precision == "bf16" and ov_has_bf16() else "f32"
     return {"INFERENCE_NUM_THREADS": threads or max(1, torch.get_num_threads()),
             "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "ENABLE_CPU_PINNING": False,
-            "INFERENCE_PRECISION_HINT": "f32"}
+            "INFERENCE_PRECISION_HINT": hint}
+
+
+def ov_has_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin can run bf16 here (AMX or AVX512-BF16)."""
+    return "BF16" in ov_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 _OV_CORE = None
@@ -130,9 +142,9 @@ class OvRequests:
     KEEP = 4
 
     def __init__(self, model, threads: int | None = None, source: str = "model",
-                 dynamic: bool = True):
+                 dynamic: bool = True, float_precision: str = "fp32"):
         self.model, self.source, self.dynamic = model, source, dynamic
-        self.config = ov_config(threads)
+        self.config = ov_config(threads, float_precision)
         self._static: dict[tuple, object] = {}
         self._seen: set[tuple] = set()
         self._dynamic = None
@@ -175,8 +187,9 @@ class OvRequests:
 
 
 class OpenVINOModel(GraphModel):
-    """An OpenVINO IR (``.xml`` + ``.bin``) on the CPU plugin, float parts in fp32, compiled
-    for each input shape (:class:`OvRequests`, static shapes only)."""
+    """An OpenVINO IR (``.xml`` + ``.bin``) on the CPU plugin, compiled for each input shape
+    (:class:`OvRequests`, static shapes only); float parts in the precision its rt_info names
+    (``bsrn quantize`` writes bf16 for INT8 graphs), else fp32."""
 
     def __init__(self, path, threads: int | None = None):
         try:
@@ -187,14 +200,19 @@ class OpenVINOModel(GraphModel):
         try:
             graph = ov_core().read_model(str(path))
             meta = {}
-            for key in ("scale", "min_size"):
+            for key in ("scale", "min_size", "float_precision"):
                 if graph.has_rt_info(["bsrn", key]):
                     meta[f"bsrn.{key}"] = graph.get_rt_info(["bsrn", key]).astype(str)
         except Exception as e:  # noqa: BLE001
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise CheckpointError(f"{path}: not a readable OpenVINO IR ({first})") from None
         super().__init__(path, "openvino", *_scale_min_size(path, meta), threads)
-        self.requests = OvRequests(graph, threads, str(path), dynamic=False)
+        self.float_precision = meta.get("bsrn.float_precision", "fp32")
+        if self.float_precision not in OV_FLOAT_PRECISIONS:
+            raise CheckpointError(f"{path}: unknown bsrn.float_precision "
+                                  f"{self.float_precision!r}")
+        self.requests = OvRequests(graph, threads, str(path), dynamic=False,
+                                   float_precision=self.float_precision)
 
     def run(self, x):
         return self.requests(x)
@@ -296,14 +314,16 @@ def _scale_min_size(path, meta: dict) -> tuple[int, int]:
                               "bsrn quantize)") from None
 
 
-def save_openvino_ir(model, out, scale: int, min_size: int) -> None:
+def save_openvino_ir(model, out, scale: int, min_size: int,
+                     float_precision: str = "fp32") -> None:
     """Write an ``ov.Model`` as IR ``out`` (.xml + .bin, both atomically, .bin first) with the
-    bsrn scale/min_size in its rt_info."""
+    bsrn scale, min_size and float precision (:func:`ov_config`) in its rt_info."""
     import openvino as ov
 
     out = Path(out)
     model.set_rt_info(str(scale), ["bsrn", "scale"])
     model.set_rt_info(str(min_size), ["bsrn", "min_size"])
+    model.set_rt_info(float_precision, ["bsrn", "float_precision"])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", dir=out.parent))
     try:
