@@ -215,7 +215,8 @@ def _forward_exact(model, x, tile, progress):
                 i1 = min(h2, i0 + orows)
                 part = esa.conv2(esa.conv1(esa_out[:, :, 2 * i0:2 * (i1 - 1) + 3]))
                 if c2 is None:
-                    c2 = part.new_empty((n, part.shape[1], h2, w2))
+                    c2 = torch.empty((n, part.shape[1], h2, w2), device=dev, dtype=part.dtype,
+                                     memory_format=fmt)
                 c2[:, :, i0:i1] = part
             c3 = esa.context(c2).float()
             ry = _bilinear_matrix(h, c3.shape[2], dev)
