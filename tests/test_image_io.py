@@ -281,3 +281,37 @@ def test_decompression_bomb_is_refused_and_limit_can_be_raised(tmp_path):
         read_image(bomb, max_pixels=10 ** 10)
     assert "cannot decode" in _one_line_naming(e, bomb)
     assert Image.MAX_IMAGE_PIXELS == pillow_limit  # Pillow's global is restored
+
+
+def test_parallel_deflate_is_one_valid_zlib_stream():
+    from bsrn.image_io import _parallel_deflate
+
+    rng = np.random.default_rng(0)
+    data = np.repeat(rng.integers(0, 256, 40_000, dtype=np.uint8), 3)  # compressible
+    for band in (1000, 7777, 10 ** 7):  # many bands, uneven bands, one band
+        assert zlib.decompress(_parallel_deflate(data, 3, band=band)) == data.tobytes()
+
+
+@pytest.mark.parametrize("dtype,channels", [(np.uint8, 3), (np.uint8, 4), (np.uint8, 1),
+                                            (np.uint16, 3), (np.uint16, 2)])
+def test_large_png_writer_round_trips_with_metadata(tmp_path, monkeypatch, dtype, channels):
+    """Large PNGs use bsrn's own (parallel) encoder: Pillow reads back the same pixels, the ICC
+    profile and the EXIF."""
+    import bsrn.image_io as io_mod
+    from PIL import Image
+
+    monkeypatch.setattr(io_mod, "PNG_PARALLEL_MIN_VALUES", 1)
+    rng = np.random.default_rng(1)
+    peak = 255 if dtype == np.uint8 else 65535
+    a = rng.integers(0, peak + 1, (37, 53, channels)).astype(dtype)
+    icc = bytes(range(256)) * 3
+    exif = Image.Exif()
+    exif[0x0110] = "bsrn test camera"
+    path = tmp_path / "big.png"
+    io_mod.write_image(path, a, icc_profile=icc, exif=exif.tobytes())
+    with Image.open(path) as im:
+        assert im.info.get("icc_profile") == icc
+        assert im.getexif().get(0x0110) == "bsrn test camera"
+    back = io_mod.read_image(path).pixels
+    back = back if back.ndim == 3 else back[:, :, None]
+    assert back.dtype == dtype and np.array_equal(back, a)

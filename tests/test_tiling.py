@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from bsrn.errors import ConfigError
 from bsrn.models import create_model
-from bsrn.tiling import (SPEED_TILE, _bilinear_matrix, choose_tile, estimate_tiled_bytes, forward_auto,
+from bsrn.tiling import (SPEED_TILE, BilinearTaps, choose_tile, estimate_tiled_bytes, forward_auto,
                          forward_tiled, parse_bytes, spans, supports_exact)
 
 
@@ -57,11 +57,15 @@ def test_spans_cover_length_evenly():
 
 
 @pytest.mark.parametrize("out_size,in_size", [(97, 16), (60, 10), (15, 2), (7, 7)])
-def test_bilinear_matrix_matches_interpolate(out_size, in_size):
-    x = torch.randn(1, 2, in_size, 5)
-    ref = F.interpolate(x, (out_size, 5), mode="bilinear", align_corners=False)
-    got = torch.einsum("yh,nchw->ncyw", _bilinear_matrix(out_size, in_size, "cpu"), x)
-    assert (got - ref).abs().max() < 1e-5
+def test_bilinear_taps_match_interpolate(out_size, in_size):
+    x = torch.randn(1, 2, in_size, in_size + 3)
+    ref = F.interpolate(x, (out_size, out_size + 5), mode="bilinear", align_corners=False)
+    rows, cols = BilinearTaps(out_size, in_size, "cpu"), BilinearTaps(out_size + 5, in_size + 3,
+                                                                      "cpu")
+    got = rows(cols(x, 3), 2)
+    assert (got - ref).abs().max() < 1e-5  # float rounding (randn values up to ~4)
+    a, b = out_size // 3, out_size - 1  # a strip of rows is the same rows of the whole
+    assert torch.equal(rows(cols(x, 3), 2, a, b), got[:, :, a:b])
 
 
 @torch.no_grad()

@@ -54,9 +54,12 @@ _SINGLE_IMAGE_FORMATS = ("MPO", "PSD", "ICO", "ICNS", "CUR")  # extra frames: pr
 DEFAULT_MAX_PIXELS = 100_000_000
 """Decompression-bomb limit for ``read_image``: 100 megapixels (width x height of the input)."""
 JPEG_QUALITY = 95
-#: zlib level of written PNGs: 3 writes a 33-megapixel SR output about 2x faster than Pillow's
-#: default 6, for files about a quarter larger (OpenCV, and so most SR tools, write level 1).
-PNG_COMPRESS_LEVEL = 3
+#: zlib level of written PNGs. A 33-megapixel SR output (7680x4320) at level 2 takes 0.64 s on 2
+#: cores with the parallel encoder and 18 MiB, against 2.65 s and 16 MiB for Pillow at level 3
+#: and about 6.5 s at Pillow's default 6 (OpenCV, and so most SR tools, write level 1).
+PNG_COMPRESS_LEVEL = 2
+#: PNGs of at least this many samples (8 megapixels RGB) are deflated on all cores.
+PNG_PARALLEL_MIN_VALUES = 24_000_000
 
 _FORMAT_OF_EXT = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP",
                   ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
@@ -553,9 +556,12 @@ def write_image(path: str | os.PathLike, pixels: np.ndarray, icc_profile: bytes 
         a = to_8bit(a)
     if a.dtype == np.uint16 and c == 2 and fmt == "TIFF":
         a = a[:, :, [0, 0, 0, 1]]  # 16-bit grey+alpha TIFF is rarely readable; write RGBA
-    if a.dtype == np.uint16 and c > 1:
-        data = (_png16_bytes if fmt == "PNG" else _tiff16_bytes)(a, icc_profile)
-        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    if a.dtype == np.uint16 and c > 1 or fmt == "PNG" and a.size >= PNG_PARALLEL_MIN_VALUES:
+        data = _png_bytes(a, icc_profile, exif) if fmt == "PNG" else _tiff16_bytes(a, icc_profile)
+        try:
+            atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+        except OSError as e:
+            raise ImageError(f"{path}: cannot write image ({e})") from None
         return
     if a.dtype == np.uint16:
         img = Image.fromarray(np.ascontiguousarray(a[:, :, 0]))
@@ -600,22 +606,46 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
             + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
 
 
-def _png16_bytes(a: np.ndarray, icc: bytes | None) -> bytes:
-    """A 16-bit PNG (grey, grey+alpha, RGB or RGBA) with the Sub filter on every row."""
+def _png_bytes(a: np.ndarray, icc: bytes | None = None, exif: bytes | None = None) -> bytes:
+    """A PNG (8 or 16 bits; grey, grey+alpha, RGB or RGBA) with the Sub filter on every row,
+    deflated in row bands on all cores (:func:`_parallel_deflate`)."""
     h, w, c = a.shape
-    raw = a.astype(">u2").reshape(h, w * c).view(np.uint8)
-    bpp = 2 * c
+    depth = 16 if a.dtype == np.uint16 else 8
+    raw = (a.astype(">u2") if depth == 16 else np.ascontiguousarray(a)).reshape(h, -1)
+    raw = raw.view(np.uint8)
+    bpp = c * depth // 8
     rows = np.empty((h, raw.shape[1] + 1), np.uint8)
     rows[:, 0] = 1  # Sub: each byte minus the same byte of the previous pixel
     rows[:, 1:bpp + 1] = raw[:, :bpp]
-    rows[:, bpp + 1:] = raw[:, bpp:] - raw[:, :-bpp]
+    np.subtract(raw[:, bpp:], raw[:, :-bpp], out=rows[:, bpp + 1:])
     out = [b"\x89PNG\r\n\x1a\n",
-           _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, (0, 4, 2, 6)[c - 1], 0, 0, 0))]
+           _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, (0, 4, 2, 6)[c - 1], 0, 0, 0))]
     if icc:
         out.append(_png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc)))
-    out.append(_png_chunk(b"IDAT", zlib.compress(rows.tobytes(), PNG_COMPRESS_LEVEL)))
+    if exif:
+        out.append(_png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
+    out.append(_png_chunk(b"IDAT", _parallel_deflate(rows.reshape(-1), PNG_COMPRESS_LEVEL)))
     out.append(_png_chunk(b"IEND", b""))
     return b"".join(out)
+
+
+def _parallel_deflate(data: np.ndarray, level: int, band: int = 8 << 20) -> bytes:
+    """One zlib stream of ``data`` (a uint8 array), its bands of ``band`` bytes deflated in
+    parallel threads (zlib releases the GIL) and joined at byte-aligned sync-flush points,
+    as pigz does; the checksum is the whole stream's Adler-32."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    parts = [data[i:i + band] for i in range(0, max(1, data.size), band)]
+
+    def deflate(i):
+        co = zlib.compressobj(level, zlib.DEFLATED, -15)
+        last = i == len(parts) - 1
+        return co.compress(parts[i]) + co.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+
+    workers = min(len(parts), os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        body = b"".join(pool.map(deflate, range(len(parts))))
+    return b"\x78\x01" + body + struct.pack(">I", zlib.adler32(data) & 0xFFFFFFFF)
 
 
 def _tiff16_bytes(a: np.ndarray, icc: bytes | None) -> bytes:

@@ -73,19 +73,28 @@ def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
     return y.permute(0, 3, 1, 2)
 
 
-def _bilinear_matrix(out_size: int, in_size: int, device, dtype=torch.float32) -> torch.Tensor:
-    """Rows of ``F.interpolate(mode="bilinear", align_corners=False)`` as a (out, in) matrix."""
-    scale = torch.tensor(float(in_size), dtype=torch.float32) / out_size
-    d = torch.arange(out_size, dtype=torch.float32)
-    src = (scale * (d + 0.5) - 0.5).clamp(min=0)
-    i0 = src.floor().long().clamp(max=in_size - 1)
-    lam = (src - i0.float()).clamp(0, 1)
-    i1 = (i0 + 1).clamp(max=in_size - 1)
-    m = torch.zeros(out_size, in_size)
-    rows = torch.arange(out_size)
-    m.index_put_((rows, i0), 1 - lam, accumulate=True)
-    m.index_put_((rows, i1), lam, accumulate=True)
-    return m.to(device=device, dtype=dtype)
+class BilinearTaps:
+    """The two source indices and weights of each output position of
+    ``F.interpolate(mode="bilinear", align_corners=False)`` along one axis, computed as PyTorch
+    does, so a strip of the upsampled map is two gathers and a weighted sum (exact, and linear
+    in the strip's size)."""
+
+    def __init__(self, out_size: int, in_size: int, device):
+        scale = torch.tensor(float(in_size), dtype=torch.float32) / out_size
+        d = torch.arange(out_size, dtype=torch.float32)
+        src = (scale * (d + 0.5) - 0.5).clamp(min=0)
+        i0 = src.floor().long().clamp(max=in_size - 1)
+        lam = (src - i0.float()).clamp(0, 1)
+        self.i0, self.i1 = i0.to(device), (i0 + 1).clamp(max=in_size - 1).to(device)
+        self.l0, self.l1 = (1 - lam).to(device), lam.to(device)
+
+    def __call__(self, x: torch.Tensor, dim: int, a: int = 0, b: int | None = None):
+        """Output positions ``a:b`` along ``dim`` of ``x`` upsampled on that axis."""
+        shape = [1] * x.dim()
+        shape[dim] = -1
+        i0, i1, l0, l1 = (t[a:b] for t in (self.i0, self.i1, self.l0, self.l1))
+        return x.index_select(dim, i0) * l0.view(shape).to(x.dtype) + \
+            x.index_select(dim, i1) * l1.view(shape).to(x.dtype)
 
 
 def _progress(total: int, enabled: bool, desc: str):
@@ -219,14 +228,14 @@ def _forward_exact(model, x, tile, progress):
                                      memory_format=fmt)
                 c2[:, :, i0:i1] = part
             c3 = esa.context(c2).float()
-            ry = _bilinear_matrix(h, c3.shape[2], dev)
-            c3w = torch.einsum("nchw,xw->nchx", c3, _bilinear_matrix(w, c3.shape[3], dev))
+            ry = BilinearTaps(h, c3.shape[2], dev)
+            c3w = BilinearTaps(w, c3.shape[3], dev)(c3, 3)  # (n, c, h3, w): widths done
         # 3. in strips: ESA mask and output, and CCA's whole-image statistics
         count, mean, m2 = 0, None, None
         for a, b in strips:
             e = esa_out[:, :, a:b]
             if esa is not None:
-                up = torch.einsum("yh,nchx->ncyx", ry[a:b], c3w).contiguous(memory_format=fmt)
+                up = ry(c3w, 2, a, b).contiguous(memory_format=fmt)
                 e.mul_(esa.mask(esa.conv1(e), up.to(e.dtype)))
             if blk.attention == "cca":
                 count, mean, m2 = _var_mean_update(count, mean, m2, e)

@@ -301,11 +301,15 @@ class Upscaler:
         x = torch.from_numpy(np.ascontiguousarray(planes, dtype=np.float32))
         if peak is not None:
             x = x / peak
-        y = self.upscale_planes(x.permute(2, 0, 1)[None])[0].permute(1, 2, 0).cpu().numpy()
+        y = self.upscale_planes(x.permute(2, 0, 1)[None])[0]
         if peak is None:
-            out = y.astype(a.dtype, copy=False)
-        else:
-            out = np.floor(y * peak + 0.5).astype(a.dtype)
+            out = y.permute(1, 2, 0).cpu().numpy().astype(a.dtype, copy=False)
+        else:  # round half up to integers in torch: parallel, in place, one HWC copy
+            with torch.inference_mode():
+                q = y.mul(peak).add_(0.5).floor_()
+                q = q.to(torch.uint8 if peak == 255.0 else torch.int32)
+                out = q.permute(1, 2, 0).contiguous().cpu().numpy()
+            out = out.astype(a.dtype, copy=False)
         return out if a.ndim == 3 else out[:, :, 0]
 
     def _upscale_tensor(self, t: torch.Tensor) -> torch.Tensor:
