@@ -140,6 +140,8 @@ class OvRequests:
     """
 
     KEEP = 4
+    #: Distinct shapes remembered for "seen before" (then forgotten all at once).
+    REMEMBER = 1024
 
     def __init__(self, model, threads: int | None = None, source: str = "model",
                  dynamic: bool = True, float_precision: str = "fp32"):
@@ -170,6 +172,8 @@ class OvRequests:
             return self._static[shapes]
         first_run = not self._static and self._dynamic is None
         if self.dynamic and not first_run and shapes not in self._seen:
+            if len(self._seen) >= self.REMEMBER:  # a server seeing endless sizes stays bounded
+                self._seen.clear()
             self._seen.add(shapes)
             if self._dynamic is None:
                 self._dynamic = self._compile(None)
