@@ -11,7 +11,6 @@ runtime protocol is the challenge's.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import bsrn  # noqa: E402
 from bsrn.ntire import bench_ntire  # noqa: E402
 from bsrn.precision import run  # noqa: E402
+from gpu_speed import gpu_parser, parse_gpu_args, write  # noqa: E402  (the sibling benchmark)
 
 #: name -> (label, precision, optimize kwargs or None for the plain model)
 PATHS = {"eager": ("plain eager fp32 (baseline)", "fp32", None),
@@ -79,20 +79,12 @@ def synthesise(root: Path, images: int, scale: int = 4, size=(339, 510)) -> Path
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--weights", default="bsrn-x4", help="weights file or bundled name")
+    ap = gpu_parser(__doc__.splitlines()[0])
     ap.add_argument("--data", default=None, help="validation folder (default: synthesised)")
     ap.add_argument("--images", type=int, default=100, help="synthesised pairs")
     ap.add_argument("--lr-size", default="339x510", help="LR HxW of the synthesised pairs")
     ap.add_argument("--paths", default=",".join(PATHS), help="comma list of paths to run")
-    ap.add_argument("--threads", type=int, default=None, help="CPU threads")
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--md", default=None)
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    args, device = parse_gpu_args(ap, argv)
     torch.backends.cudnn.benchmark = False                   # as the challenge ran it
     model = bsrn.load_model(args.weights, device=device).eval()
     names = [n for n in args.paths.split(",") if n]
@@ -155,14 +147,6 @@ def to_markdown(res) -> str:
         lines += ["", f"Fastest: {best['label']}, {best['speedup']:.2f}x plain eager fp32 "
                       f"(goal >= 3x: {'met' if best['speedup'] >= 3 else 'not met'})."]
     return "\n".join(lines) + "\n"
-
-
-def write(path, text):
-    """Write ``text`` atomically when a path was given."""
-    if path:
-        from bsrn.atomic import write_text
-
-        write_text(path, text)
 
 
 if __name__ == "__main__":

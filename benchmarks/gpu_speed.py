@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import traceback
@@ -166,23 +165,35 @@ def to_markdown(res) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def gpu_parser(description: str) -> argparse.ArgumentParser:
+    """The GPU benchmarks' parser with their shared leading options (--device, --weights)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--weights", default="bsrn-x4", help="weights file or bundled name")
-    ap.add_argument("--sizes", default="180x320,339x510", help="LR HxW list")
-    ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--only", default="", help="comma list of variants (default: all)")
-    ap.add_argument("--skip", action="append", default=[],
-                    help="comma list of variants to leave out (repeatable)")
+    return ap
+
+
+def parse_gpu_args(ap: argparse.ArgumentParser, argv=None):
+    """Add the shared trailing options (--threads, --json, --md), parse, apply --threads;
+    returns (args, device)."""
     ap.add_argument("--threads", type=int, default=None, help="CPU threads")
     ap.add_argument("--json", default=None)
     ap.add_argument("--md", default=None)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    return args, torch.device(args.device)
+
+
+def main(argv=None):
+    ap = gpu_parser(__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="180x320,339x510", help="LR HxW list")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--only", default="", help="comma list of variants (default: all)")
+    ap.add_argument("--skip", action="append", default=[],
+                    help="comma list of variants to leave out (repeatable)")
+    args, device = parse_gpu_args(ap, argv)
     skip = {n for item in args.skip for n in item.split(",")}
     names = [n for n in (args.only.split(",") if args.only else VARIANTS) if n and n not in skip]
     unknown = set(names) - set(VARIANTS)

@@ -12,6 +12,7 @@ from PIL import Image, ImageCms
 import bsrn
 from bsrn.cli import main
 from bsrn.image_io import read_image, write_image
+from image_files import save_image
 
 RNG = np.random.default_rng(2)
 
@@ -29,10 +30,7 @@ def rgb(h=12, w=10, c=3):
 
 
 def save(path, a=None, **kw):
-    a = rgb() if a is None else a
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(a).save(path, **kw)
-    return path
+    return save_image(path, rgb() if a is None else a, **kw)
 
 
 def run(capsys, weights, *args):

@@ -6,6 +6,8 @@ import struct
 import numpy as np
 from PIL import Image
 
+from image_files import save_image
+
 RNG = np.random.default_rng(11)
 
 
@@ -23,10 +25,7 @@ def pixels(h=10, w=12, c=3):
 
 
 def save(path, a=None, **kw):
-    a = pixels() if a is None else a
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(a).save(path, **kw)
-    return path
+    return save_image(path, pixels() if a is None else a, **kw)
 
 
 def rgba_bmp(path, a):
