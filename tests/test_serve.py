@@ -356,10 +356,11 @@ def test_chunked_upload_over_the_limit_is_413(tiny_server):
 
 
 def test_timeout_is_504_and_the_job_is_cleaned_up(tmp_path):
-    server = Server(tmp_path, "--timeout", "0.5")
+    # the work must outlast the timeout on any machine: x4 of 640x480 takes seconds on 2 cores
+    server = Server(tmp_path, "--timeout", "0.25")
     try:
         src = tmp_path / "photo.png"
-        Image.fromarray(_noise(160, 160, 3)).save(src)
+        Image.fromarray(_noise(480, 640, 3)).save(src)
         status, _, body, _ = upload(server, src.name, src.read_bytes())
         assert status == 504 and "timed out" in json.loads(body)["error"]
         (folder,) = server.private_folders()
