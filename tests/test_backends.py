@@ -12,7 +12,7 @@ import torch
 import bsrn
 from bsrn.backends import RuntimeNet, cache_dir, choose_backend, installed, make_backend, model_key
 from bsrn.errors import ConfigError
-from bsrn.tiling import forward_tiled
+from bsrn.tiling import BODY_HALO, forward_tiled, spans
 
 RUNTIMES = [pytest.param(b, marks=pytest.mark.skipif(not installed(b), reason=f"{b} not installed"))
             for b in ("onnxruntime", "openvino")]
@@ -54,6 +54,28 @@ def test_runtime_whole_and_exact_tiles_equal_pytorch(backend, arch):
     assert (forward_tiled(net, x, tile=16) - ref).abs().max() <= 1e-4  # torch stages in tiles
     small = torch.rand(1, 3, 9, 11)  # below ESA's minimum: padded like the PyTorch model
     assert (net(small) - model(small)).abs().max() <= 1e-4
+
+
+@torch.no_grad()
+@pytest.mark.skipif(not installed("openvino"), reason="openvino not installed")
+def test_openvino_tile_bodies_compile_once_per_image_and_fall_back_to_torch(small):
+    """Exact tiles run each block body on OpenVINO, channels_last, one static compile per block
+    for all tiles of an image (border crops have the interior's shape); if OpenVINO cannot
+    compile, that block's tiles run on PyTorch with a warning, and the output is unchanged."""
+    net = RuntimeNet(small, "openvino", threads=1)
+    x = torch.rand(1, 3, 61, 75, generator=torch.Generator().manual_seed(4))
+    ref = small(x)
+    assert (forward_tiled(net, x, tile=20) - ref).abs().max() <= 1e-4  # 4 x 4 tiles
+    crop = tuple(max(b - a for a, b in spans(n, 20)) + 2 * BODY_HALO for n in (61, 75))
+    assert crop == (24, 27)
+    for blk in net.blocks():
+        assert list(blk.body._requests._static) == [((1, *crop, 16),)]  # NHWC, one shape
+    broken = net.blocks()[1].body
+    broken.reset()
+    broken.path = broken.path.with_name("missing.onnx")
+    with pytest.warns(UserWarning, match="run on PyTorch"):
+        out = forward_tiled(net, x, tile=20)
+    assert broken.failed and (out - ref).abs().max() <= 1e-4
 
 
 @torch.no_grad()

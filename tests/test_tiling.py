@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from bsrn.errors import ConfigError
 from bsrn.models import create_model
-from bsrn.tiling import (SPEED_TILE, BilinearTaps, choose_tile, estimate_tiled_bytes, forward_auto,
+from bsrn.tiling import (SPEED_TILE, _even_crop, choose_tile, estimate_tiled_bytes, forward_auto,
                          forward_tiled, parse_bytes, spans, supports_exact)
 
 
@@ -56,16 +56,19 @@ def test_spans_cover_length_evenly():
                                                      for i in range(len(s) - 1))
 
 
-@pytest.mark.parametrize("out_size,in_size", [(97, 16), (60, 10), (15, 2), (7, 7)])
-def test_bilinear_taps_match_interpolate(out_size, in_size):
-    x = torch.randn(1, 2, in_size, in_size + 3)
-    ref = F.interpolate(x, (out_size, out_size + 5), mode="bilinear", align_corners=False)
-    rows, cols = BilinearTaps(out_size, in_size, "cpu"), BilinearTaps(out_size + 5, in_size + 3,
-                                                                      "cpu")
-    got = rows(cols(x, 3), 2)
-    assert (got - ref).abs().max() < 1e-5  # float rounding (randn values up to ~4)
-    a, b = out_size // 3, out_size - 1  # a strip of rows is the same rows of the whole
-    assert torch.equal(rows(cols(x, 3), 2, a, b), got[:, :, a:b])
+@pytest.mark.parametrize("length,tile,halo", [(1080, 256, 4), (97, 24, 8), (30, 24, 4),
+                                               (15, 15, 4), (1920, 256, 8), (300, 100, 50)])
+def test_even_crops_have_one_shape_and_full_context(length, tile, halo):
+    """Every crop of a span has the same size, and at least ``halo`` px of real context on each
+    side that is not the image edge (so the span's output is exact)."""
+    parts = spans(length, tile)
+    size = max(b - a for a, b in parts) + 2 * halo
+    crops = [_even_crop(a, b, halo, size, length) for a, b in parts]
+    assert len({b0 - a0 for a0, b0 in crops}) == 1
+    for (a, b), (a0, b0) in zip(parts, crops):
+        assert 0 <= a0 <= a and b <= b0 <= length
+        assert a0 == 0 or a - a0 >= halo
+        assert b0 == length or b0 - b >= halo
 
 
 @torch.no_grad()

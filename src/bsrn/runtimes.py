@@ -184,10 +184,34 @@ class OvRequests:
         self._static[shapes] = self._compile(shapes)
         return self._static[shapes]
 
-    def __call__(self, *xs: np.ndarray) -> np.ndarray:
+    def borrow(self, *xs: np.ndarray) -> np.ndarray:
+        """The output as a view of the request's own buffer, valid until the next call for
+        the same shapes (the inputs are read in place, not copied)."""
         req = self.request(tuple(tuple(x.shape) for x in xs))
-        req.infer(list(xs))
-        return req.get_output_tensor(0).data.copy()
+        req.infer(list(xs), share_inputs=True)
+        return req.get_output_tensor(0).data
+
+    def __call__(self, *xs: np.ndarray) -> np.ndarray:
+        return self.borrow(*xs).copy()
+
+
+def ov_channels_last(model):
+    """``model`` (an OpenVINO model with NCHW 4-D inputs and outputs) taking and returning
+    NHWC tensors: the plugin folds the layout change into its first and last layers, so a
+    channels_last PyTorch tensor goes in and comes out without a transpose pass."""
+    from openvino import Layout
+    from openvino.preprocess import PrePostProcessor
+
+    ppp = PrePostProcessor(model)
+    for i, port in enumerate(model.inputs):
+        if port.get_partial_shape().rank.get_length() == 4:
+            ppp.input(i).tensor().set_layout(Layout("NHWC"))
+            ppp.input(i).model().set_layout(Layout("NCHW"))
+    for i, port in enumerate(model.outputs):
+        if port.get_partial_shape().rank.get_length() == 4:
+            ppp.output(i).tensor().set_layout(Layout("NHWC"))
+            ppp.output(i).model().set_layout(Layout("NCHW"))
+    return ppp.build()
 
 
 class OpenVINOModel(GraphModel):

@@ -66,35 +66,21 @@ def _grow(a: int, b: int, halo: int, length: int) -> tuple[int, int]:
     return max(0, a - halo), min(length, b + halo)
 
 
+def _even_crop(a: int, b: int, halo: int, size: int, length: int) -> tuple[int, int]:
+    """The crop ``[a0, a0 + size)`` around the span ``[a, b)`` with at least ``halo`` px of
+    context on each side that is not the image edge, where ``size`` (>= the longest span +
+    2 halo, or the whole length) is the same for every span: border crops reach further inward
+    instead of being shorter, so every tile has one shape (one compile for a runtime)."""
+    size = min(size, length)
+    a0 = max(0, min(a - halo, length - size))
+    return a0, a0 + size
+
+
 def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """A 1x1 conv as a matmul over the channel dim (weight (Cout, Cin)); returns NHWC memory."""
     y = F.linear(x.permute(0, 2, 3, 1), weight.to(x.dtype),
                  None if bias is None else bias.to(x.dtype))
     return y.permute(0, 3, 1, 2)
-
-
-class BilinearTaps:
-    """The two source indices and weights of each output position of
-    ``F.interpolate(mode="bilinear", align_corners=False)`` along one axis, computed as PyTorch
-    does, so a strip of the upsampled map is two gathers and a weighted sum (exact, and linear
-    in the strip's size)."""
-
-    def __init__(self, out_size: int, in_size: int, device):
-        scale = torch.tensor(float(in_size), dtype=torch.float32) / out_size
-        d = torch.arange(out_size, dtype=torch.float32)
-        src = (scale * (d + 0.5) - 0.5).clamp(min=0)
-        i0 = src.floor().long().clamp(max=in_size - 1)
-        lam = (src - i0.float()).clamp(0, 1)
-        self.i0, self.i1 = i0.to(device), (i0 + 1).clamp(max=in_size - 1).to(device)
-        self.l0, self.l1 = (1 - lam).to(device), lam.to(device)
-
-    def __call__(self, x: torch.Tensor, dim: int, a: int = 0, b: int | None = None):
-        """Output positions ``a:b`` along ``dim`` of ``x`` upsampled on that axis."""
-        shape = [1] * x.dim()
-        shape[dim] = -1
-        i0, i1, l0, l1 = (t[a:b] for t in (self.i0, self.i1, self.l0, self.l1))
-        return x.index_select(dim, i0) * l0.view(shape).to(x.dtype) + \
-            x.index_select(dim, i1) * l1.view(shape).to(x.dtype)
 
 
 def _progress(total: int, enabled: bool, desc: str):
@@ -197,12 +183,16 @@ def _forward_exact(model, x, tile, progress):
     def buf():
         return torch.empty((n, c, h, w), device=dev, dtype=torch.float32, memory_format=fmt)
 
+    th = max(b - a for a, b in ys)
+    tw = max(d - cc for cc, d in xs)
+
     def crop(t, a, b, cc, d, halo):
-        a0, b0 = _grow(a, b, halo, h)
-        c0, d0 = _grow(cc, d, halo, w)
+        a0, b0 = _even_crop(a, b, halo, th + 2 * halo, h)
+        c0, d0 = _even_crop(cc, d, halo, tw + 2 * halo, w)
         return t[:, :, a0:b0, c0:d0].contiguous(memory_format=fmt), (a - a0, cc - c0)
 
     feat, esa_out, acc = buf(), buf(), buf()
+    c1_ = up = None  # ESA's conv1 output and upsampled context (f channels)
     bar = _Progress(model, n, h, w, progress)
     for a, b, cc, d in tiles:  # head: the first block input (and the long skip)
         f, (oy, ox) = crop(x, a, b, cc, d, 1)
@@ -215,28 +205,35 @@ def _forward_exact(model, x, tile, progress):
             f, (oy, ox) = crop(feat, a, b, cc, d, BODY_HALO)
             esa_out[:, :, a:b, cc:d] = blk.body(f)[:, :, oy:oy + b - a, ox:ox + d - cc]
             bar((b - a) * (d - cc), _COST_BODY)
-        # 2. ESA's low-resolution context on the whole image (conv2 in strips on its stride)
+        # 2. ESA: conv1 in strips (kept for the mask), conv2 in strips on its stride, the
+        #    low-resolution context on the small map, then bilinear back to the whole image
+        #    (conv1's f channels, a quarter of a feature map each)
         esa = blk.esa if isinstance(blk.esa, ESA) else None
         if esa is not None:
+            for a, b in strips:
+                part = esa.conv1(esa_out[:, :, a:b])
+                if c1_ is None or c1_.dtype != part.dtype:  # kept from block to block
+                    c1_, up = (torch.empty((n, part.shape[1], h, w), device=dev, dtype=part.dtype,
+                                           memory_format=fmt) for _ in range(2))
+                c1_[:, :, a:b] = part
             c2 = None
             orows = max(1, rows // 2)
             for i0 in range(0, h2, orows):
                 i1 = min(h2, i0 + orows)
-                part = esa.conv2(esa.conv1(esa_out[:, :, 2 * i0:2 * (i1 - 1) + 3]))
+                part = esa.conv2(c1_[:, :, 2 * i0:2 * (i1 - 1) + 3])
                 if c2 is None:
                     c2 = torch.empty((n, part.shape[1], h2, w2), device=dev, dtype=part.dtype,
                                      memory_format=fmt)
                 c2[:, :, i0:i1] = part
-            c3 = esa.context(c2).float()
-            ry = BilinearTaps(h, c3.shape[2], dev)
-            c3w = BilinearTaps(w, c3.shape[3], dev)(c3, 3)  # (n, c, h3, w): widths done
+            c3 = esa.context(c2).to(up.dtype)  # F.interpolate(c3, (h, w)), into ``up``:
+            torch.ops.aten.upsample_bilinear2d.out(c3, [h, w], False, None, None, out=up)
+            del c2
         # 3. in strips: ESA mask and output, and CCA's whole-image statistics
         count, mean, m2 = 0, None, None
         for a, b in strips:
             e = esa_out[:, :, a:b]
             if esa is not None:
-                up = ry(c3w, 2, a, b).contiguous(memory_format=fmt)
-                e.mul_(esa.mask(esa.conv1(e), up.to(e.dtype)))
+                e.mul_(esa.mask(c1_[:, :, a:b], up[:, :, a:b]).to(e.dtype))
             if blk.attention == "cca":
                 count, mean, m2 = _var_mean_update(count, mean, m2, e)
         gate = None
@@ -332,13 +329,16 @@ def estimate_whole_bytes(model: nn.Module, h: int, w: int) -> int:
 
 
 def estimate_tiled_bytes(model: nn.Module, h: int, w: int, tile: int) -> int:
-    """Rough peak activation bytes of the exact tiled forward: the larger of (3 feature maps)
-    and (c1 accumulator + fp32 output), plus one tile's working set."""
+    """Rough peak activation bytes of the exact tiled forward: the larger of (3 feature maps
+    and ESA's two quarter-width maps) and (c1 accumulator + fp32 output), plus one tile's
+    working set (times ``model.tile_workspaces``: a runtime that keeps a compiled graph per
+    block holds one working set per block)."""
     c = _num_feat(model)
     s = int(getattr(model, "scale", 4))
-    persistent = h * w * max(3 * c * 4, c * 4 + 3 * s * s * 4)
+    persistent = h * w * max(3 * c * 4 + 2 * (c // 4) * 4, c * 4 + 3 * s * s * 4)
     t = tile + 2 * TAIL_HALO
-    return int(persistent + t * t * (c * _TILE_BYTES_PER_PX_CH + 2 * 3 * s * s * 4))
+    spaces = 1 + getattr(model, "tile_workspaces", 0)
+    return int(persistent + t * t * (spaces * c * _TILE_BYTES_PER_PX_CH + 2 * 3 * s * s * 4))
 
 
 def available_memory() -> int | None:

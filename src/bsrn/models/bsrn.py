@@ -12,8 +12,7 @@ from torch import nn
 
 from .attention import CCA, ESA
 from .base import ConfigMixin, DistillationBlock, DistillationNet
-from .blocks import (ACTIVATIONS, act_, add_, canonical_conv, conv1x1, make_activation, make_conv,
-                     mul_)
+from .blocks import ACTIVATIONS, act_, add_, canonical_conv, conv1x1, make_activation, make_conv
 from .upsamplers import UPSAMPLERS, make_upsampler
 
 
@@ -93,7 +92,10 @@ class ESDB(DistillationBlock):
         """Stage: the block output from the ESA output ``e`` (overwritten when autograd is off),
         the block input ``x`` and the CCA ``gate`` (None unless attention is "cca")."""
         if self.attention == "cca":
-            e = mul_(e, gate.to(e.dtype))
+            if not torch.is_grad_enabled() and not torch.jit.is_tracing() \
+                    and not torch.compiler.is_compiling():  # e * gate + x in one pass
+                return torch.addcmul(x, e, gate.to(e.dtype), out=e)
+            e = e * gate.to(e.dtype)
         elif self.attention == "cw":
             e = self.conv_out(e * self.cw)
         return add_(e, x)
