@@ -12,18 +12,21 @@ The exact mode (:func:`forward_tiled`, ``exact=True``) runs the network block by
 tiles and keeps three whole-image feature maps (block state, ESA output, c1 accumulator):
 
 1. per tile, with a 4 px halo (the four 3x3 convs of an ESDB), the block body up to ``c5``;
-2. ESA's context on the whole image: conv1 and the stride-2 conv2 in row strips, then max-pool
-   and the 1/6-resolution convs on the small map (16 channels at 1/36 of the pixels: cheap);
-3. in row strips (pointwise from here): bilinear context for the strip rows, mask, ESA output,
-   and CCA's per-channel sums in float64; then the gate from the whole-image mean and std;
+   all crops of an image have one shape (border crops reach inward, :func:`_even_crop`), so a
+   runtime compiles one graph per block;
+2. ESA's context on the whole image: conv1 in row strips (kept, f = C/4 channels), the
+   stride-2 conv2 in row strips, then max-pool and the 1/6-resolution convs on the small map
+   (cheap), and ``F.interpolate`` back to the whole image (f channels);
+3. in row strips (pointwise from here): mask, ESA output, and CCA's per-channel sums in
+   float64; then the gate from the whole-image mean and std;
 4. in row strips: block output = ESA output x gate + block input, and the multi-level fusion
    c1 is accumulated as ``acc += W_k B_k`` (c1 is linear) instead of storing all n outputs;
 5. per tile, with an 8 px halo: GELU(acc) -> c2 + long skip (fea_conv recomputed from the input
    tile) -> upsampler, pasted into the output.
 
 The result equals the whole-image forward up to float summation order (max |diff| ~1e-6).
-Memory: 3 x C x 4 bytes per LR pixel (768 B at C=64) plus the output and one tile's working set,
-instead of the whole-image forward's ~7 kB per LR pixel.
+Memory: (3 C + 2 C/4) x 4 bytes per LR pixel (896 B at C=64) plus the output and one tile's
+working set, instead of the whole-image forward's ~7 kB per LR pixel.
 """
 from __future__ import annotations
 
