@@ -265,7 +265,9 @@ def _forward_exact(model, x, tile, progress):
     for a, b, cc, d in tiles:
         t, (oy, ox) = crop(acc, a, b, cc, d, TAIL_HALO)
         xt, _ = crop(x, a, b, cc, d, TAIL_HALO)
-        y = model.tail(t.clone(memory_format=fmt), model.head(xt))
+        if t.data_ptr() == acc.data_ptr():  # the tail overwrites its input: never acc itself
+            t = t.clone(memory_format=fmt)
+        y = model.tail(t, model.head(xt))
         s = y.shape[2] // t.shape[2]
         if out is None:
             out = torch.empty((n, y.shape[1], h * s, w * s), device=dev, dtype=torch.float32)
