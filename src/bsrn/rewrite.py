@@ -61,6 +61,8 @@ def _post_op(act: nn.Module):
         return "hardswish", [], ""
     if type(act) is nn.SiLU:
         return "swish", [], ""
+    if type(act) is nn.Sigmoid:
+        return "sigmoid", [], ""
     return None
 
 
@@ -262,12 +264,14 @@ def _with_act(mod: nn.Module, act: nn.Module) -> nn.Module | None:
 
 @torch.no_grad()
 def _fuse_acts(model: nn.Module) -> list[str]:
-    """``act``: fuse each block's ``act_convs`` with its activation, where the fused kernel is
-    exact here (checked once per kind on a small input)."""
+    """``act``: fuse each module's ``act_convs`` with their activation (``act``, or the one
+    named beside the conv), where the fused kernel is exact here (checked once per kind on a
+    small input)."""
     fused = []
     for name, owner in list(model.named_modules()):
-        for attr in getattr(owner, "act_convs", ()):
-            mod, act = getattr(owner, attr), owner.act
+        for entry in getattr(owner, "act_convs", ()):
+            attr, act_attr = (entry, "act") if isinstance(entry, str) else entry
+            mod, act = getattr(owner, attr), getattr(owner, act_attr)
             new = _with_act(mod, act)
             if new is None or not _fused_is_exact(mod, new, act):
                 continue

@@ -34,10 +34,12 @@ class ESA(nn.Module):
         self.conv3_ = make_conv(conv, f, f, 3, padding=1, p=p, pw_bias=pw_bias)
         self.conv4 = conv1x1(f, num_feat)
         self.act = make_activation(act)
+        self.gate = nn.Sigmoid()
         self.maxPooling = nn.MaxPool2d(kernel_size=7, stride=3)
 
-    #: Convs whose output goes straight into ``act`` (``bsrn.rewrite`` may fuse the two).
-    act_convs = ("conv_max", "conv3")
+    #: Convs whose output goes straight into an activation (``bsrn.rewrite`` may fuse the two):
+    #: a name (into ``act``) or (name, attribute of the activation).
+    act_convs = ("conv_max", "conv3", ("conv4", "gate"))
 
     def context(self, c2: torch.Tensor) -> torch.Tensor:
         """The low-resolution context, from conv2's output (stride 2): max-pool 7/3, then
@@ -48,8 +50,7 @@ class ESA(nn.Module):
     def mask(self, c1_: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         """The spatial mask sigmoid(conv4(up + conv_f(c1_))) from conv1's output ``c1_`` and the
         upsampled context ``up`` (overwritten when autograd is off)."""
-        m = self.conv4(add_(up, self.conv_f(c1_)))
-        return m.sigmoid_() if not torch.is_grad_enabled() else torch.sigmoid(m)
+        return conv_act(self.conv4, self.gate, add_(up, self.conv_f(c1_)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c1_ = self.conv1(x)

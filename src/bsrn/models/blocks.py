@@ -145,6 +145,8 @@ def act_(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
             return x.relu_()
         if type(act) is nn.LeakyReLU:
             return F.leaky_relu_(x, act.negative_slope)
+        if type(act) is nn.Sigmoid:
+            return x.sigmoid_()
     return act(x)
 
 
