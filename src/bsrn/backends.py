@@ -250,11 +250,11 @@ class RuntimeNet(nn.Module):
 
     Same call contract as the PyTorch network (NCHW float32 in [0, 1] in and out, ``scale``,
     ``min_size``, ``cfg``), and the same stages, so ``bsrn.tiling.forward_tiled`` tiles it
-    exactly. The whole-image forward always runs in the runtime. In exact tiles, the block
-    bodies (most of the work) run on OpenVINO, channels_last in and out and compiled for the
-    tile shape (about 1.25x faster than the PyTorch fast path per tile), and everything else on
-    the PyTorch fast path; ONNX Runtime's tiles run on the fast path (``tile_bodies=False``
-    runs them there on OpenVINO too). ``staged_graphs=True`` runs ``head``, each ``body`` and
+    exactly. The whole-image forward always runs in the runtime. In exact tiles on OpenVINO,
+    the block bodies (most of the work) run in OpenVINO, channels_last in and out and compiled
+    for the tile shape (about 1.2x faster than the PyTorch fast path per tile), and the passes
+    between them on the PyTorch fast path; ``tile_bodies=False``, and ONNX Runtime, run every
+    tile stage on the fast path. ``staged_graphs=True`` runs ``head``, each ``body`` and
     ``tail`` through the exported stage graphs as plain NCHW calls instead (a check of the
     stage graphs, not a fast path).
     """
