@@ -190,24 +190,45 @@ class _OvTileBody:
     def reset(self):
         self._requests = None
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.failed or x.dtype != torch.float32:
-            return self.fallback(x)
-        a = x.detach().permute(0, 2, 3, 1).contiguous().numpy()
+    def _run(self, a: np.ndarray) -> np.ndarray | None:
+        """The body of the NHWC array ``a`` (a borrowed view), or None once OpenVINO failed."""
+        if self.failed:
+            return None
         try:
             if self._requests is None:
                 from .runtimes import OvRequests, ov_channels_last, ov_core
 
                 model = ov_channels_last(ov_core().read_model(str(self.path)))
                 self._requests = OvRequests(model, self.threads, str(self.path), dynamic=False)
-            out = self._requests.borrow(a)
+            return self._requests.borrow(a)
         except Exception as e:  # noqa: BLE001 - OpenVINO raises one generic type
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             warnings.warn(f"{self.path.name}: OpenVINO cannot run this tile shape ({first}); "
                           "this block's tiles run on PyTorch instead", stacklevel=2)
             self.failed = True
-            return self.fallback(x)
-        return torch.from_numpy(out).permute(0, 3, 1, 2)
+            return None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = None
+        if x.dtype == torch.float32:
+            out = self._run(x.detach().permute(0, 2, 3, 1).contiguous().numpy())
+        return self.fallback(x) if out is None else torch.from_numpy(out).permute(0, 3, 1, 2)
+
+    def into(self, src: torch.Tensor, dst: torch.Tensor, crop, core) -> bool:
+        """``dst[core] = body(src[crop])[core]`` for channels_last CPU float32 maps, copied in and
+        out with numpy (single-threaded copies between runtime calls measured faster than
+        PyTorch's, whose idle OpenMP workers then compete with the runtime's); False when it
+        cannot (the caller runs the PyTorch body)."""
+        if not all(t.device.type == "cpu" and t.dtype == torch.float32 and
+                   t.is_contiguous(memory_format=torch.channels_last) for t in (src, dst)):
+            return False
+        (a0, b0, c0, d0), (a, b, cc, d) = crop, core
+        s, t = src.detach().permute(0, 2, 3, 1).numpy(), dst.detach().permute(0, 2, 3, 1).numpy()
+        out = self._run(np.ascontiguousarray(s[:, a0:b0, c0:d0]))
+        if out is None:
+            return False
+        np.copyto(t[:, a:b, cc:d], out[:, a - a0:b - a0, cc - c0:d - c0])
+        return True
 
 
 class _Runner:
@@ -240,6 +261,8 @@ class _RuntimeBlock:
 
     def __init__(self, block: nn.Module, body: _Runner):
         self.block, self.body = block, body
+        if hasattr(body, "into"):
+            self.body_into = body.into
         self.esa, self.attention = block.esa, block.attention
         self.cca = getattr(block, "cca", None)
         self.output = block.output

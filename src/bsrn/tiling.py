@@ -189,9 +189,11 @@ def _forward_exact(model, x, tile, progress):
     th = max(b - a for a, b in ys)
     tw = max(d - cc for cc, d in xs)
 
+    def box(a, b, cc, d, halo):
+        return _even_crop(a, b, halo, th + 2 * halo, h) + _even_crop(cc, d, halo, tw + 2 * halo, w)
+
     def crop(t, a, b, cc, d, halo):
-        a0, b0 = _even_crop(a, b, halo, th + 2 * halo, h)
-        c0, d0 = _even_crop(cc, d, halo, tw + 2 * halo, w)
+        a0, b0, c0, d0 = box(a, b, cc, d, halo)
         return t[:, :, a0:b0, c0:d0].contiguous(memory_format=fmt), (a - a0, cc - c0)
 
     feat, esa_out, acc = buf(), buf(), buf()
@@ -203,10 +205,14 @@ def _forward_exact(model, x, tile, progress):
         bar((b - a) * (d - cc), _COST_HEAD)
     h2, w2 = (h - 3) // 2 + 1, (w - 3) // 2 + 1
     for k, blk in enumerate(model.blocks()):
-        # 1. the block body up to c5, per tile with its halo
+        # 1. the block body up to c5, per tile with its halo (a runtime may copy the tile in
+        #    and out itself: ``body_into``)
+        into = getattr(blk, "body_into", None)
         for a, b, cc, d in tiles:
-            f, (oy, ox) = crop(feat, a, b, cc, d, BODY_HALO)
-            esa_out[:, :, a:b, cc:d] = blk.body(f)[:, :, oy:oy + b - a, ox:ox + d - cc]
+            a0, b0, c0, d0 = box(a, b, cc, d, BODY_HALO)
+            if into is None or not into(feat, esa_out, (a0, b0, c0, d0), (a, b, cc, d)):
+                f = feat[:, :, a0:b0, c0:d0].contiguous(memory_format=fmt)
+                esa_out[:, :, a:b, cc:d] = blk.body(f)[:, :, a - a0:b - a0, cc - c0:d - c0]
             bar((b - a) * (d - cc), _COST_BODY)
         # 2. ESA: conv1 in strips (kept for the mask), conv2 in strips on its stride, the
         #    low-resolution context on the small map, then bilinear back to the whole image

@@ -304,11 +304,12 @@ class Upscaler:
         y = self.upscale_planes(x.permute(2, 0, 1)[None])[0]
         if peak is None:
             out = y.permute(1, 2, 0).cpu().numpy().astype(a.dtype, copy=False)
-        else:  # round half up to integers in torch: parallel, in place, one HWC copy
-            with torch.inference_mode():
-                q = y.mul(peak).add_(0.5).floor_()
-                q = q.to(torch.uint8 if peak == 255.0 else torch.int32)
-                out = q.permute(1, 2, 0).contiguous().cpu().numpy()
+        else:  # round half up to integers in torch: parallel, in place on y (ours), then one
+            with torch.inference_mode():  # pass that converts and transposes to HWC
+                q = y.mul_(peak).add_(0.5).floor_()
+                dtype = torch.uint8 if peak == 255.0 else torch.int32
+                out = torch.empty(q.shape[1:] + q.shape[:1], dtype=dtype, device=q.device)
+                out = out.copy_(q.permute(1, 2, 0)).cpu().numpy()
             out = out.astype(a.dtype, copy=False)
         return out if a.ndim == 3 else out[:, :, 0]
 
