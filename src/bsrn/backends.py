@@ -177,6 +177,19 @@ _RUNTIMES = {"onnxruntime": _OrtGraph, "openvino": _OvGraph}
 _VERIFY_VERSION = 2
 
 
+_COMPILE_POOL = None
+
+
+def _compile_pool():
+    """One background thread for runtime compiles (they then run in the order asked)."""
+    global _COMPILE_POOL
+    if _COMPILE_POOL is None:
+        import concurrent.futures
+
+        _COMPILE_POOL = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bsrn-compile")
+    return _COMPILE_POOL
+
+
 class _OvTileBody:
     """A block body for exact tiles on OpenVINO: channels_last in and out (the plugin folds the
     layout change into the graph), compiled once per tile shape (the tiler cuts equal crops),
@@ -185,21 +198,42 @@ class _OvTileBody:
 
     def __init__(self, path: Path, threads: int, fallback):
         self.path, self.threads, self.fallback = path, threads, fallback
-        self._requests, self.failed = None, False
+        self._requests, self.failed, self._pending = None, False, None
 
     def reset(self):
+        try:
+            self._wait()
+        except Exception:  # noqa: BLE001 - the compile is dropped anyway
+            pass
         self._requests = None
+
+    def _compile(self, shape: tuple | None = None):
+        if self._requests is None:
+            from .runtimes import OvRequests, ov_channels_last, ov_core
+
+            model = ov_channels_last(ov_core().read_model(str(self.path)))
+            self._requests = OvRequests(model, self.threads, str(self.path), dynamic=False)
+        if shape is not None:
+            self._requests.request((shape,))
+
+    def prefetch(self, shape: tuple) -> None:
+        """Compile for NHWC input ``shape`` in the background (one thread for all blocks, in
+        call order), so that compiles overlap the work of earlier blocks."""
+        if not self.failed and self._pending is None:
+            self._pending = _compile_pool().submit(self._compile, tuple(shape))
+
+    def _wait(self):
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()  # a failure surfaces in _run, which retries and falls back
 
     def _run(self, a: np.ndarray) -> np.ndarray | None:
         """The body of the NHWC array ``a`` (a borrowed view), or None once OpenVINO failed."""
         if self.failed:
             return None
         try:
-            if self._requests is None:
-                from .runtimes import OvRequests, ov_channels_last, ov_core
-
-                model = ov_channels_last(ov_core().read_model(str(self.path)))
-                self._requests = OvRequests(model, self.threads, str(self.path), dynamic=False)
+            self._wait()
+            self._compile()
             return self._requests.borrow(a)
         except Exception as e:  # noqa: BLE001 - OpenVINO raises one generic type
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -330,6 +364,20 @@ class RuntimeNet(nn.Module):
     @property
     def min_size(self) -> int:
         return self.torch_model.min_size
+
+    @property
+    def tail_halo(self) -> int:
+        from .tiling import TAIL_HALO
+
+        return getattr(self.torch_model, "tail_halo", TAIL_HALO)
+
+    def prepare_tiles(self, shape: tuple) -> None:
+        """Start compiling every block's tile graph for NCHW crops of ``shape`` in the
+        background (called by the exact tiler before the first block)."""
+        if not self.staged_graphs:
+            n, c, h, w = shape
+            for b in self._tile_blocks or ():
+                b.body.prefetch((n, h, w, c))
 
     def blocks(self):
         if self.staged_graphs:

@@ -21,8 +21,8 @@ tiles and keeps three whole-image feature maps (block state, ESA output, c1 accu
    float64; then the gate from the whole-image mean and std;
 4. in row strips: block output = ESA output x gate + block input, and the multi-level fusion
    c1 is accumulated as ``acc += W_k B_k`` (c1 is linear) instead of storing all n outputs;
-5. per tile, with an 8 px halo: GELU(acc) -> c2 + long skip (fea_conv recomputed from the input
-   tile) -> upsampler, pasted into the output.
+5. per tile, with the tail's halo (``tail_halo``: 2 px for BSRN's one-conv upsampler): GELU(acc)
+   -> c2 + long skip (fea_conv recomputed from the input tile) -> upsampler, pasted into the output.
 
 The result equals the whole-image forward up to float summation order (max |diff| ~1e-6).
 Memory: (3 C + 2 C/4) x 4 bytes per LR pixel (896 B at C=64) plus the output and one tile's
@@ -43,7 +43,8 @@ from .models.attention import ESA
 
 #: Halo of an ESDB body: four sequential 3x3 convs (c1_r, c2_r, c3_r, c4).
 BODY_HALO = 4
-#: Halo of the tail: fea_conv, c2 and the upsampler's convs (<= 4.25 LR px for every upsampler).
+#: Halo of the tail where a network does not give its own (``tail_halo``): fea_conv, c2 and the
+#: upsampler's convs (<= 4.25 LR px for every upsampler).
 TAIL_HALO = 8
 #: Default CPU activation budget for choose_tile (bytes).
 DEFAULT_CPU_BUDGET = 2 * 1024 ** 3
@@ -196,6 +197,9 @@ def _forward_exact(model, x, tile, progress):
         a0, b0, c0, d0 = box(a, b, cc, d, halo)
         return t[:, :, a0:b0, c0:d0].contiguous(memory_format=fmt), (a - a0, cc - c0)
 
+    prepare = getattr(model, "prepare_tiles", None)
+    if prepare is not None:  # a runtime compiles its block graphs for the crop shape meanwhile
+        prepare((n, c, min(h, th + 2 * BODY_HALO), min(w, tw + 2 * BODY_HALO)))
     feat, esa_out, acc = buf(), buf(), buf()
     c1_ = up = None  # ESA's conv1 output and upsampled context (f channels)
     bar = _Progress(model, n, h, w, progress)
@@ -268,9 +272,10 @@ def _forward_exact(model, x, tile, progress):
     del feat, esa_out
     # 5. the tail per tile with its halo (head recomputed for the long skip)
     out = None
+    tail_halo = getattr(model, "tail_halo", TAIL_HALO)
     for a, b, cc, d in tiles:
-        t, (oy, ox) = crop(acc, a, b, cc, d, TAIL_HALO)
-        xt, _ = crop(x, a, b, cc, d, TAIL_HALO)
+        t, (oy, ox) = crop(acc, a, b, cc, d, tail_halo)
+        xt, _ = crop(x, a, b, cc, d, tail_halo)
         if t.data_ptr() == acc.data_ptr():  # the tail overwrites its input: never acc itself
             t = t.clone(memory_format=fmt)
         y = model.tail(t, model.head(xt))

@@ -140,6 +140,12 @@ class BSRN(DistillationNet):
     def fusion(self) -> nn.Conv2d:
         return self.c1
 
+    @property
+    def tail_halo(self) -> int:
+        """LR px of context the tail needs per output pixel: c2 and fea_conv (recomputed for
+        the long skip) side by side, then the upsampler."""
+        return 1 + self.upsampler.halo
+
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Stage: the input replicated ``replicate`` times (unless folded into fea_conv by
         ``bsrn.rewrite``), then fea_conv. Its output is the first block input and the long skip."""

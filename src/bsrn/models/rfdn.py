@@ -86,6 +86,10 @@ class RFDN(DistillationNet):
         """Stage: fea_conv on the input in the weights' range (``img_range``)."""
         return self.fea_conv(x * self.cfg.img_range)
 
+    #: LR px of context the tail needs per output pixel: LR_conv and fea_conv (recomputed for
+    #: the long skip) side by side, then the upsampler's 3x3 conv.
+    tail_halo = 2
+
     def tail(self, acc, fea):
         """Stage: act(acc) -> LR_conv + long skip -> upsampler, back to [0, 1]."""
         out = self.upsampler(add_(self.LR_conv(act_(self.c[1], acc)), fea))

@@ -11,6 +11,9 @@ UPSAMPLERS = ("pixelshuffledirect", "pixelshuffleblock", "nearestconv", "pa")
 class PixelShuffleDirect(nn.Module):
     """Conv C -> out*s^2 (3x3) then PixelShuffle(s): the whole upsampler in one step."""
 
+    #: LR px of context one output pixel needs (its one 3x3 conv).
+    halo = 1
+
     def __init__(self, scale: int, num_feat: int, num_out_ch: int):
         super().__init__()
         self.upsampleOneStep = nn.Sequential(
@@ -39,6 +42,9 @@ def _factors(scale: int) -> list[int]:
 class PixelShuffleBlock(nn.Module):
     """Conv + LReLU, then (conv C->4C, PixelShuffle(2)) per x2 step (x3: one 9C step), conv out."""
 
+    #: LR px of context one output pixel needs (3x3 convs at LR, at each step's resolution and at HR).
+    halo = 3
+
     def __init__(self, scale: int, num_feat: int, num_out_ch: int):
         super().__init__()
         self.conv_before_upsample = nn.Sequential(nn.Conv2d(num_feat, num_feat, 3, 1, 1),
@@ -55,6 +61,9 @@ class PixelShuffleBlock(nn.Module):
 
 class NearestConv(nn.Module):
     """Conv + LReLU, then per step nearest upsampling + conv + LReLU(0.2); conv_hr, conv_last."""
+
+    #: LR px of context one output pixel needs (3x3 convs at LR, at each upsampled resolution and at HR).
+    halo = 3
 
     def __init__(self, scale: int, num_feat: int, num_out_ch: int):
         super().__init__()
@@ -86,6 +95,9 @@ class PixelAttention(nn.Module):
 
 class PAUpsampler(nn.Module):
     """PAN-style upsampler: per step nearest up, conv, pixel attention, LReLU, conv, LReLU."""
+
+    #: LR px of context one output pixel needs (3x3 convs at each upsampled resolution).
+    halo = 2
 
     def __init__(self, scale: int, num_feat: int, num_out_ch: int, unf: int = 24):
         super().__init__()
