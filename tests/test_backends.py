@@ -78,6 +78,35 @@ def test_openvino_tile_bodies_compile_once_per_image_and_fall_back_to_torch(smal
     assert broken.failed and (out - ref).abs().max() <= 1e-4
 
 
+@pytest.mark.skipif(not installed("openvino"), reason="openvino not installed")
+def test_openvino_network_shared_by_threads(small):
+    """Server workers share one network: each thread runs on its own infer requests (and output
+    buffers), so concurrent whole-image and tiled runs all give PyTorch's output."""
+    import concurrent.futures
+
+    net = RuntimeNet(small, "openvino", threads=1)
+    xs = [torch.rand(1, 3, 33 + i % 2, 41, generator=torch.Generator().manual_seed(i))
+          for i in range(8)]
+    with torch.no_grad():
+        refs = [small(x) for x in xs]
+
+    def run(i):
+        with torch.no_grad():
+            y = net(xs[i]) if i % 2 else forward_tiled(net, xs[i], tile=16)
+        return (y - refs[i]).abs().max().item()
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        errors = list(pool.map(run, range(len(xs))))
+        assert max(errors) <= 1e-4, errors
+        reqs = net._whole.graph.requests
+        shape = ((1, 3, 33, 41),)
+        reqs.request(shape)  # (seen before: from here on its own static compile)
+        mine = reqs.request(shape)
+        theirs = pool.submit(reqs.request, shape).result()
+    assert mine is reqs.request(shape) and theirs is not mine  # per thread, kept per thread
+    assert reqs.compiled(shape) is reqs.compiled(shape)  # one compile shared by the threads
+
+
 @torch.no_grad()
 @pytest.mark.skipif(not installed("openvino"), reason="openvino not installed")
 def test_openvino_compiles_static_shapes_for_first_and_repeated_sizes(small):

@@ -16,6 +16,7 @@ import os
 import platform
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -199,6 +200,7 @@ class _OvTileBody:
     def __init__(self, path: Path, threads: int, fallback):
         self.path, self.threads, self.fallback = path, threads, fallback
         self._requests, self.failed, self._pending = None, False, None
+        self._lock = threading.Lock()
 
     def reset(self):
         try:
@@ -208,13 +210,14 @@ class _OvTileBody:
         self._requests = None
 
     def _compile(self, shape: tuple | None = None):
-        if self._requests is None:
-            from .runtimes import OvRequests, ov_channels_last, ov_core
+        with self._lock:
+            if self._requests is None:
+                from .runtimes import OvRequests, ov_channels_last, ov_core
 
-            model = ov_channels_last(ov_core().read_model(str(self.path)))
-            self._requests = OvRequests(model, self.threads, str(self.path), dynamic=False)
+                model = ov_channels_last(ov_core().read_model(str(self.path)))
+                self._requests = OvRequests(model, self.threads, str(self.path), dynamic=False)
         if shape is not None:
-            self._requests.request((shape,))
+            self._requests.compiled((shape,))
 
     def prefetch(self, shape: tuple) -> None:
         """Compile for NHWC input ``shape`` in the background (one thread for all blocks, in

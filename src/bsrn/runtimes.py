@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +151,8 @@ class OvRequests:
         self._static: dict[tuple, object] = {}
         self._seen: set[tuple] = set()
         self._dynamic = None
+        self._lock = threading.Lock()
+        self._local = threading.local()  # each thread's infer requests (and output buffers)
 
     def _compile(self, shapes: tuple | None):
         graph = self.model
@@ -157,7 +160,7 @@ class OvRequests:
             graph = self.model.clone()
             graph.reshape({i: list(s) for i, s in enumerate(shapes)})
         try:
-            return ov_core().compile_model(graph, "CPU", self.config).create_infer_request()
+            return ov_core().compile_model(graph, "CPU", self.config)
         except Exception as e:  # noqa: BLE001 - the plugin raises one generic type
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             what = f"input {shapes[0] if len(shapes) == 1 else shapes}" if shapes else \
@@ -165,28 +168,44 @@ class OvRequests:
             raise CheckpointError(f"{self.source}: OpenVINO cannot compile it for {what} "
                                   f"({first})") from None
 
-    def request(self, shapes: tuple):
-        """The infer request for inputs of ``shapes`` (a tuple of shape tuples)."""
-        if shapes in self._static:
-            self._static[shapes] = self._static.pop(shapes)  # most recent last
-            return self._static[shapes]
-        first_run = not self._static and self._dynamic is None
-        if self.dynamic and not first_run and shapes not in self._seen:
-            if len(self._seen) >= self.REMEMBER:  # a server seeing endless sizes stays bounded
-                self._seen.clear()
+    def compiled(self, shapes: tuple):
+        """The compiled model for inputs of ``shapes`` (a tuple of shape tuples)."""
+        with self._lock:
+            if shapes in self._static:
+                self._static[shapes] = self._static.pop(shapes)  # most recent last
+                return self._static[shapes]
+            first_run = not self._static and self._dynamic is None
+            if self.dynamic and not first_run and shapes not in self._seen:
+                if len(self._seen) >= self.REMEMBER:  # a server seeing endless sizes
+                    self._seen.clear()
+                self._seen.add(shapes)
+                if self._dynamic is None:
+                    self._dynamic = self._compile(None)
+                return self._dynamic
             self._seen.add(shapes)
-            if self._dynamic is None:
-                self._dynamic = self._compile(None)
-            return self._dynamic
-        self._seen.add(shapes)
-        while len(self._static) >= self.KEEP:
-            self._static.pop(next(iter(self._static)))
-        self._static[shapes] = self._compile(shapes)
-        return self._static[shapes]
+            while len(self._static) >= self.KEEP:
+                self._static.pop(next(iter(self._static)))
+            self._static[shapes] = self._compile(shapes)
+            return self._static[shapes]
+
+    def request(self, shapes: tuple):
+        """This thread's infer request for inputs of ``shapes``: requests (and their output
+        buffers) are per thread, so threads sharing a model never share a buffer."""
+        model = self.compiled(shapes)
+        key = None if model is self._dynamic else shapes
+        reqs = self._local.__dict__.setdefault("reqs", {})
+        hit = reqs.get(key)
+        if hit is None or hit[0] is not model:
+            if len(reqs) > self.KEEP:  # drop requests of compiles that were let go
+                live = {id(m) for m in (*self._static.values(), self._dynamic)}
+                for k in [k for k, (m, _) in reqs.items() if id(m) not in live]:
+                    del reqs[k]
+            hit = reqs[key] = (model, model.create_infer_request())
+        return hit[1]
 
     def borrow(self, *xs: np.ndarray) -> np.ndarray:
-        """The output as a view of the request's own buffer, valid until the next call for
-        the same shapes (the inputs are read in place, not copied)."""
+        """The output as a view of this thread's request buffer, valid until the thread's next
+        call for the same shapes (the inputs are read in place, not copied)."""
         req = self.request(tuple(tuple(x.shape) for x in xs))
         req.infer(list(xs), share_inputs=True)
         return req.get_output_tensor(0).data
