@@ -269,7 +269,8 @@ def _forward_exact(model, x, tile, progress):
                     v.copy_(r)
             bar((b - a) * w, _COST_STRIPS)
         feat, esa_out = esa_out, feat
-    del feat, esa_out
+    spare = feat.permute(0, 2, 3, 1).reshape(-1)  # (a view) its pages hold the output if it fits
+    del feat, esa_out, c1_, up
     # 5. the tail per tile with its halo (head recomputed for the long skip)
     out = None
     tail_halo = getattr(model, "tail_halo", TAIL_HALO)
@@ -281,7 +282,11 @@ def _forward_exact(model, x, tile, progress):
         y = model.tail(t, model.head(xt))
         s = y.shape[2] // t.shape[2]
         if out is None:
-            out = torch.empty((n, y.shape[1], h * s, w * s), device=dev, dtype=torch.float32)
+            shape = (n, y.shape[1], h * s, w * s)
+            size = math.prod(shape)  # no fresh pages to fault in for the largest buffer
+            out = spare[:size].view(shape) if spare.numel() >= size else \
+                torch.empty(shape, device=dev, dtype=torch.float32)
+            del spare
         out[:, :, a * s:b * s, cc * s:d * s] = y[:, :, oy * s:(oy + b - a) * s,
                                                  ox * s:(ox + d - cc) * s]
         bar((b - a) * (d - cc), _COST_TAIL)
