@@ -230,14 +230,16 @@ class _OvTileBody:
             pending, self._pending = self._pending, None
             pending.result()  # a failure surfaces in _run, which retries and falls back
 
-    def _run(self, a: np.ndarray) -> np.ndarray | None:
-        """The body of the NHWC array ``a`` (a borrowed view), or None once OpenVINO failed."""
+    def _run(self, a: np.ndarray, box: tuple | None = None) -> np.ndarray | None:
+        """The body of the NHWC array ``a`` (or of its region ``box`` = (begin, end), read in
+        place), as a borrowed view; None once OpenVINO failed."""
         if self.failed:
             return None
         try:
             self._wait()
             self._compile()
-            return self._requests.borrow(a)
+            return self._requests.borrow(a) if box is None else \
+                self._requests.borrow_region(a, *box)
         except Exception as e:  # noqa: BLE001 - OpenVINO raises one generic type
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             warnings.warn(f"{self.path.name}: OpenVINO cannot run this tile shape ({first}); "
@@ -252,16 +254,17 @@ class _OvTileBody:
         return self.fallback(x) if out is None else torch.from_numpy(out).permute(0, 3, 1, 2)
 
     def into(self, src: torch.Tensor, dst: torch.Tensor, crop, core) -> bool:
-        """``dst[core] = body(src[crop])[core]`` for channels_last CPU float32 maps, copied in and
-        out with numpy (single-threaded copies between runtime calls measured faster than
-        PyTorch's, whose idle OpenMP workers then compete with the runtime's); False when it
-        cannot (the caller runs the PyTorch body)."""
+        """``dst[core] = body(src[crop])[core]`` for channels_last CPU float32 maps: the plugin
+        reads the crop in place (a region of ``src``) and the core is copied out with numpy
+        (single-threaded copies between runtime calls measured faster than PyTorch's, whose idle
+        OpenMP workers then compete with the runtime's); False when it cannot (the caller runs
+        the PyTorch body)."""
         if not all(t.device.type == "cpu" and t.dtype == torch.float32 and
                    t.is_contiguous(memory_format=torch.channels_last) for t in (src, dst)):
             return False
         (a0, b0, c0, d0), (a, b, cc, d) = crop, core
         s, t = src.detach().permute(0, 2, 3, 1).numpy(), dst.detach().permute(0, 2, 3, 1).numpy()
-        out = self._run(np.ascontiguousarray(s[:, a0:b0, c0:d0]))
+        out = self._run(s, ((0, a0, c0, 0), (s.shape[0], b0, d0, s.shape[3])))
         if out is None:
             return False
         np.copyto(t[:, a:b, cc:d], out[:, a - a0:b - a0, cc - c0:d - c0])

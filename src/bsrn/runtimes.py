@@ -210,6 +210,20 @@ class OvRequests:
         req.infer(list(xs), share_inputs=True)
         return req.get_output_tensor(0).data
 
+    def borrow_region(self, whole: np.ndarray, begin, end) -> np.ndarray:
+        """:meth:`borrow` for the one input ``whole[begin:end]`` (a box of a C-contiguous
+        array), which the plugin reads in place through a region-of-interest tensor: no copy of
+        the box is made (an exact tile's crop of a whole-image map)."""
+        from openvino import Tensor
+
+        if not whole.flags.c_contiguous:
+            return self.borrow(np.ascontiguousarray(
+                whole[tuple(slice(b, e) for b, e in zip(begin, end))]))
+        req = self.request((tuple(e - b for b, e in zip(begin, end)),))
+        req.set_input_tensor(Tensor(Tensor(whole, shared_memory=True), list(begin), list(end)))
+        req.infer()
+        return req.get_output_tensor(0).data
+
     def __call__(self, *xs: np.ndarray) -> np.ndarray:
         return self.borrow(*xs).copy()
 

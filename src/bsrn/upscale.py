@@ -305,8 +305,8 @@ class Upscaler:
         if peak is None:
             out = y.permute(1, 2, 0).cpu().numpy().astype(a.dtype, copy=False)
         else:  # round half up to integers in torch: parallel, in place on y (ours), then one
-            with torch.inference_mode():  # pass that converts and transposes to HWC
-                q = y.mul_(peak).add_(0.5).floor_()
+            with torch.inference_mode():  # pass that converts (truncating: the floor of values
+                q = y.mul_(peak).add_(0.5)  # >= 0) and transposes to HWC
                 dtype = torch.uint8 if peak == 255.0 else torch.int32
                 out = torch.empty(q.shape[1:] + q.shape[:1], dtype=dtype, device=q.device)
                 out = out.copy_(q.permute(1, 2, 0)).cpu().numpy()
