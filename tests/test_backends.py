@@ -79,6 +79,27 @@ def test_openvino_tile_bodies_compile_once_per_image_and_fall_back_to_torch(smal
 
 
 @pytest.mark.skipif(not installed("openvino"), reason="openvino not installed")
+def test_openvino_reads_tile_crops_in_place(small):
+    """A tile's crop goes to OpenVINO as a region of the whole-image NHWC map (no copy): at
+    every position, border and interior, the body equals the body of a copied crop; a map that
+    is not C-contiguous is copied first."""
+    net = RuntimeNet(small, "openvino", threads=1)
+    reqs = net.blocks()[0].body
+    reqs._compile()
+    reqs = reqs._requests
+    whole = np.random.default_rng(2).random((1, 41, 53, 16), dtype=np.float32)
+    for a0, c0 in [(0, 0), (0, 29), (17, 0), (9, 13), (17, 29)]:
+        crop = np.ascontiguousarray(whole[:, a0:a0 + 24, c0:c0 + 24])
+        ref = reqs.borrow(crop).copy()
+        got = reqs.borrow_region(whole, (0, a0, c0, 0), (1, a0 + 24, c0 + 24, 16))
+        assert np.array_equal(got, ref), (a0, c0)
+        assert np.abs(ref).max() > 0
+    cm = np.asfortranarray(whole)  # not C-contiguous: copied, same result
+    got = reqs.borrow_region(cm, (0, 9, 13, 0), (1, 33, 37, 16)).copy()  # (one output buffer)
+    assert np.array_equal(got, reqs.borrow(np.ascontiguousarray(whole[:, 9:33, 13:37])))
+
+
+@pytest.mark.skipif(not installed("openvino"), reason="openvino not installed")
 def test_openvino_network_shared_by_threads(small):
     """Server workers share one network: each thread runs on its own infer requests (and output
     buffers), so concurrent whole-image and tiled runs all give PyTorch's output."""
