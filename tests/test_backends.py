@@ -84,9 +84,9 @@ def test_openvino_reads_tile_crops_in_place(small):
     every position, border and interior, the body equals the body of a copied crop; a map that
     is not C-contiguous is copied first."""
     net = RuntimeNet(small, "openvino", threads=1)
-    reqs = net.blocks()[0].body
-    reqs._compile()
-    reqs = reqs._requests
+    body = net.blocks()[0].body
+    body._compile()
+    reqs = body._requests
     whole = np.random.default_rng(2).random((1, 41, 53, 16), dtype=np.float32)
     for a0, c0 in [(0, 0), (0, 29), (17, 0), (9, 13), (17, 29)]:
         crop = np.ascontiguousarray(whole[:, a0:a0 + 24, c0:c0 + 24])

@@ -407,8 +407,8 @@ def parse_bytes(text: str) -> int:
 #: small ones (its activations outgrow the caches and every op allocates and faults in fresh
 #: pages), while exact tiles keep the working set small at the cost of small halos. A 120 px
 #: tile makes 128 px block-body crops, whose working set stays in the L2 caches: per output
-#: pixel, halo included, they measured the fastest on OpenVINO (0.48 us per pixel and block,
-#: against 0.53 for 248 px crops) and as fast as larger ones on the PyTorch fast path.
+#: pixel, halo included, they measured the fastest on OpenVINO (0.43 us per pixel and block,
+#: against 0.53 for 224x248 crops) and as fast as larger ones on the PyTorch fast path.
 SPEED_TILE_MIN_PX = 4 * 320 * 180
 SPEED_TILE = 120
 
